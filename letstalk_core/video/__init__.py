@@ -1,0 +1,18 @@
+"""Video input/output: streaming mp4 writing with audio muxing, frame and stream reading."""
+
+from .reader import VideoInfo, decode_audio, iter_video_frames, probe, read_video_frames
+from .timing import as_fps, frame_count_for_seconds
+from .writer import SUPPORTED_EXTENSIONS, Mp4Writer, write_mp4
+
+__all__ = [
+    "Mp4Writer",
+    "write_mp4",
+    "SUPPORTED_EXTENSIONS",
+    "VideoInfo",
+    "probe",
+    "read_video_frames",
+    "iter_video_frames",
+    "decode_audio",
+    "as_fps",
+    "frame_count_for_seconds",
+]
