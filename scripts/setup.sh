@@ -70,7 +70,7 @@ else
     grep -v -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;].*)?$' "$COMFY/requirements.txt" > "$VENV/.comfyui-requirements.txt"
     # the constraints keep the versions this pack was tested with, and torch where it is
     "${PIP[@]}" -c "$ROOT/scripts/constraints.txt" -r "$ROOT/requirements.txt" -r "$VENV/.comfyui-requirements.txt" \
-        pytest requests torch==2.14.1 torchvision==0.29.1
+        pytest requests scikit-image torch==2.14.1 torchvision==0.29.1
     # optional face detection: facenet-pytorch pins torch<2.3 in its metadata but runs on this torch
     "${PIP[@]}" --no-deps facenet-pytorch==2.6.0
     imports_ok || die "packages installed but an import still fails; run: $PY -c 'import torch, diffusers, transformers'"
