@@ -1,0 +1,140 @@
+"""Attention layers of the LetsTalk transformer.
+
+Softmax attention goes through ``torch.nn.functional.scaled_dot_product_attention``; the ReLU-kernel
+linear attention of the ``lite`` variant accumulates in float32 whatever the model dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulated_linear(x: torch.Tensor, linear: nn.Linear, shift: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(x * (1 + scale) + shift)`` for x ``[B, ..., D]`` and per-sample shift/scale ``[B, D]``.
+
+    The modulation is folded into the weights (``W * (1 + scale)``, bias ``b + W shift``), which costs
+    ``B x out x D`` multiplies instead of a pass over all the activations.
+    """
+    if shift is None:
+        return linear(x)
+    batch, dim = x.shape[0], x.shape[-1]
+    weight = linear.weight[None] * (1 + scale)[:, None, :]  # [B, out, D]
+    bias = torch.matmul(shift, linear.weight.t())  # [B, out]
+    if linear.bias is not None:
+        bias = bias + linear.bias
+    if batch == 1:
+        return F.linear(x, weight[0], bias[0])
+    out = torch.baddbmm(bias[:, None, :], x.reshape(batch, -1, dim), weight.transpose(1, 2))  # [B, L, out]
+    return out.view(*x.shape[:-1], -1)
+
+
+class TemporalAttention(nn.Module):
+    """Softmax self-attention along the frame axis, separately for every spatial position.
+
+    Input ``[B, T, N, D]`` (T frames of N tokens), output ``[B, N, T, D]``; one fused qkv projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.to_out = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[B, T, N, D]`` -> ``[B, N, T, D]`` (frame axis second-to-last, as computed; the caller
+        transposes once when adding the residual)."""
+        batch, frames, tokens, dim = x.shape
+        heads = self.num_heads
+        # attend over frames: move the frame axis next to the features once, before the projection
+        x = x.transpose(1, 2).reshape(batch * tokens, frames, dim)  # [B*N, T, D]
+        qkv = self.to_qkv(x).view(batch * tokens, frames, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B*N, h, T, d]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B*N, h, T, d]
+        out = out.transpose(1, 2).reshape(batch, tokens, frames, dim)  # [B, N, T, D]
+        return self.to_out(out)
+
+
+class AudioCrossAttention(nn.Module):
+    """Queries from each frame's video tokens, keys/values from that frame's audio tokens."""
+
+    def __init__(self, dim: int, audio_dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(audio_dim, dim, bias=False)
+        self.to_v = nn.Linear(audio_dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
+        """x ``[S, N, D]`` (S = batch x frames), audio_tokens ``[S, M, Da]`` -> ``[S, N, D]``."""
+        seqs, tokens, dim = x.shape
+        heads = self.num_heads
+        q = self.to_q(x).view(seqs, tokens, heads, dim // heads).transpose(1, 2)  # [S, h, N, d]
+        k = self.to_k(audio_tokens).view(seqs, -1, heads, dim // heads).transpose(1, 2)  # [S, h, M, d]
+        v = self.to_v(audio_tokens).view(seqs, -1, heads, dim // heads).transpose(1, 2)  # [S, h, M, d]
+        out = F.scaled_dot_product_attention(q, k, v)  # [S, h, N, d]
+        return self.to_out(out.transpose(1, 2).reshape(seqs, tokens, dim))
+
+
+class SpatialAttention(nn.Module):
+    """Softmax self-attention over the tokens of one frame (video and portrait tokens together)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.to_out = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """x ``[B, F, L, D]`` (attention within each of the B x F sequences of L tokens), optionally
+        modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
+        batch, frames, length, dim = x.shape
+        seqs = batch * frames
+        heads = self.num_heads
+        qkv = modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [S, h, L, d]
+        out = F.scaled_dot_product_attention(q, k, v)  # [S, h, L, d]
+        return self.to_out(out.transpose(1, 2).reshape(seqs, length, dim))
+
+
+class LinearAttention(nn.Module):
+    """ReLU-kernel linear attention (``lite`` variant): heads are contiguous channel groups of
+    ``head_dim``; ``out_i = sum_j (v_j k_j^T) q_i / (sum_j k_j^T q_i + eps)``, accumulated in float32."""
+
+    def __init__(self, dim: int, head_dim: int = 32, eps: float = 1e-8):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"hidden size {dim} is not divisible by the linear-attention head width {head_dim}")
+        self.head_dim = head_dim
+        self.eps = eps
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """x ``[B, F, L, D]`` (attention within each of the B x F sequences of L tokens), optionally
+        modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
+        batch, frames, length, dim = x.shape
+        seqs = batch * frames
+        heads = dim // self.head_dim
+        qkv = modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3, heads, self.head_dim)
+        q, k, v = qkv.unbind(2)  # each [S, L, h, d]
+        q = F.relu(q, inplace=not q.requires_grad).float()  # views of qkv: in place at inference
+        k = F.relu(k, inplace=not k.requires_grad).float()
+        v = v.float()
+        kv = torch.einsum("slhd,slhe->shde", k, v)  # [S, h, d, d]
+        k_sum = k.sum(dim=1)  # [S, h, d]
+        numerator = torch.einsum("slhd,shde->slhe", q, kv)  # [S, L, h, d]
+        denominator = torch.einsum("slhd,shd->slh", q, k_sum)  # [S, L, h]
+        out = numerator / (denominator.unsqueeze(-1) + self.eps)
+        return self.to_out(out.to(x.dtype).reshape(seqs, length, dim))

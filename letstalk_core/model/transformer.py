@@ -1,0 +1,317 @@
+"""The LetsTalk diffusion transformer: one class for the ``vdt``, ``vdt_long`` and ``lite`` variants.
+
+Per block: temporal attention over [memory frames, clip frames] at every spatial position, audio
+cross-attention per frame, spatial attention over each frame's video + portrait tokens (softmax for
+``vdt*``, ReLU linear attention for ``lite``), then a feed-forward (MLP on video and portrait tokens
+for ``vdt*``; GLUMBConv on the video tokens only for ``lite``). Adaptive LayerNorm modulation from
+the timestep. See ``shared/LETSTALK.md`` for the exact description.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .attention import AudioCrossAttention, LinearAttention, SpatialAttention, TemporalAttention, modulated_linear
+from .configs import VARIANTS
+from .embeddings import spatial_table, temporal_table
+
+
+class FeedForward(nn.Module):
+    """Token-wise MLP (fc, tanh-GELU, fc) of the ``vdt`` variants."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc_in = nn.Linear(dim, hidden_dim)
+        self.fc_out = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """x ``[B, ..., D]``, optionally modulated by per-sample shift/scale ``[B, D]``."""
+        hidden = modulated_linear(x, self.fc_in, shift, scale)  # [B, ..., H]
+        if hidden.requires_grad:
+            hidden = F.gelu(hidden, approximate="tanh")
+        else:  # inference: in place, which spares allocating (and page-faulting) another large buffer
+            hidden = torch.ops.aten.gelu_(hidden, approximate="tanh")
+        return self.fc_out(hidden)
+
+
+class GatedConvFeedForward(nn.Module):
+    """GLUMBConv (Mix-FFN) of the ``lite`` variant on a 2D token map: pointwise expansion to
+    value+gate with SiLU, 3x3 depthwise conv, value * SiLU(gate), pointwise projection back."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.expand = nn.Linear(dim, 2 * hidden_dim, bias=True)
+        self.depthwise = nn.Conv2d(2 * hidden_dim, 2 * hidden_dim, 3, padding=1, groups=2 * hidden_dim, bias=True)
+        self.project = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], shift: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, F, N, D]`` with N = grid height x width in row-major order, optionally modulated by
+        per-sample shift/scale ``[B, D]`` -> ``[B*F, N, D]``."""
+        seqs, tokens = x.shape[0] * x.shape[1], x.shape[2]
+        height, width = grid
+        y = modulated_linear(x, self.expand, shift, scale)  # [B, F, N, 2H]
+        y = F.silu(y, inplace=not y.requires_grad)  # in place at inference
+        channels = y.shape[-1]
+        y = y.view(seqs, height, width, channels).permute(0, 3, 1, 2)  # [S, 2H, h, w], channels-last memory
+        y = self.depthwise(y)
+        value, gate = y.chunk(2, dim=1)  # each [S, H, h, w]
+        if y.requires_grad:
+            y = value * F.silu(gate)
+        else:
+            y = value.mul_(F.silu(gate, inplace=True))
+        y = y.permute(0, 2, 3, 1).reshape(seqs, tokens, channels // 2)  # [S, N, H]
+        return self.project(y)
+
+
+class LetsTalkBlock(nn.Module):
+    def __init__(self, variant: str, dim: int, num_heads: int, audio_dim: int, mlp_ratio: float, linear_head_dim: int):
+        super().__init__()
+        self.variant = variant
+        self.modulation = nn.Linear(dim, 6 * dim)  # applied to SiLU(timestep embedding)
+        self.temporal_norm = nn.LayerNorm(dim)
+        self.temporal_attn = TemporalAttention(dim, num_heads)
+        self.temporal_out = nn.Linear(dim, dim)
+        self.audio_attn = AudioCrossAttention(dim, audio_dim, num_heads)
+        hidden_dim = int(round(dim * mlp_ratio, 6))  # truncation as in the official code, robust to float error
+        if variant == "lite":
+            self.spatial_attn = LinearAttention(dim, head_dim=linear_head_dim)
+            self.feed_forward = GatedConvFeedForward(dim, hidden_dim)
+        else:
+            self.spatial_attn = SpatialAttention(dim, num_heads)
+            self.feed_forward = FeedForward(dim, hidden_dim)
+
+    def forward(
+        self,
+        memory: torch.Tensor,  # [B, K, N, D]
+        video: torch.Tensor,  # [B, F, N, D]
+        portrait: torch.Tensor,  # [B, F, N, D]
+        time_features: torch.Tensor,  # [B, D], SiLU of the timestep embedding
+        audio_tokens: torch.Tensor,  # [B*F, M, Da]
+        grid: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, frames, tokens, dim = video.shape
+        memory_frames = memory.shape[1]
+        modulation = self.modulation(time_features).view(batch, 6, dim)
+        shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = modulation.unbind(1)  # each [B, D]
+        gate_attn, gate_ff = gate_attn[:, None, None], gate_ff[:, None, None]  # [B, 1, 1, D]
+
+        # 1. temporal attention over [memory, clip] frames; the only step that updates the memory tokens
+        sequence = torch.cat([memory, video], dim=1) if memory_frames else video  # [B, K+F, N, D]
+        residual = self.temporal_out(self.temporal_attn(self.temporal_norm(sequence))).transpose(1, 2)  # [B, T, N, D]
+        sequence = sequence + residual if memory_frames == 0 or residual.requires_grad else sequence.add_(residual)
+        memory, video = sequence[:, :memory_frames], sequence[:, memory_frames:]
+
+        # 2. audio cross-attention, per frame
+        flat_video = video.reshape(batch * frames, tokens, dim)  # [B*F, N, D]
+        normed = F.layer_norm(flat_video, (dim,), eps=1e-6)
+        flat_video = flat_video + self.audio_attn(normed, audio_tokens)
+
+        # 3. spatial attention over each frame's video + portrait tokens
+        joint = torch.cat([flat_video.view(batch, frames, tokens, dim), portrait], dim=2)  # [B, F, 2N, D]
+        attended = self.spatial_attn(F.layer_norm(joint, (dim,), eps=1e-6), shift_attn, scale_attn)
+        attended = attended.view(batch, frames, 2 * tokens, dim)
+        joint = torch.addcmul(joint, gate_attn, attended) if attended.requires_grad else joint.addcmul_(gate_attn, attended)
+
+        # 4. feed-forward
+        if self.variant == "lite":
+            video, portrait = joint[:, :, :tokens], joint[:, :, tokens:]
+            update = self.feed_forward(F.layer_norm(video, (dim,), eps=1e-6), grid, shift_ff, scale_ff)
+            update = update.view(batch, frames, tokens, dim)
+            video = torch.addcmul(video, gate_ff, update) if update.requires_grad else video.addcmul_(gate_ff, update)
+        else:
+            update = self.feed_forward(F.layer_norm(joint, (dim,), eps=1e-6), shift_ff, scale_ff)
+            joint = torch.addcmul(joint, gate_ff, update) if update.requires_grad else joint.addcmul_(gate_ff, update)
+            video, portrait = joint[:, :, :tokens], joint[:, :, tokens:]
+        return memory, video, portrait
+
+
+class LetsTalkTransformer(ModelMixin, ConfigMixin):
+    """LetsTalk latent diffusion transformer (``vdt``, ``vdt_long`` or ``lite``).
+
+    ``sample_size`` and ``frames_per_clip`` record the trained latent size and clip length; the model
+    runs at any latent height/width divisible by ``patch_size`` and any clip/memory length (position
+    tables are computed for the actual grid and length; at the trained size they equal the stored ones).
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        variant: str = "vdt_long",
+        in_channels: int = 4,
+        patch_size: int = 2,
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        audio_dim: int = 768,
+        sample_size: int = 32,
+        frames_per_clip: int = 16,
+        memory_frames: int = 2,
+        learn_sigma: bool = True,
+        linear_head_dim: int = 32,
+    ):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant {variant!r} is not known; accepted: {', '.join(VARIANTS)}")
+        for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("hidden_size", hidden_size),
+                            ("depth", depth), ("num_heads", num_heads), ("audio_dim", audio_dim),
+                            ("sample_size", sample_size), ("frames_per_clip", frames_per_clip)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LetsTalkTransformer {name} must be a positive integer, got {value!r}")
+        if not isinstance(memory_frames, int) or memory_frames < 0:
+            raise ValueError(f"memory_frames must be a non-negative integer, got {memory_frames!r}")
+        if variant == "vdt" and memory_frames:
+            raise ValueError(f"variant 'vdt' has no memory frames; got memory_frames={memory_frames} (use 0)")
+        if hidden_size % 4:
+            raise ValueError(f"hidden_size must be a multiple of 4 for the 2D position table, got {hidden_size}")
+        if sample_size % patch_size:
+            raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.gradient_checkpointing = False
+
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.timestep_embed = TimestepEmbedding(256, hidden_size)
+        self.blocks = nn.ModuleList(
+            [LetsTalkBlock(variant, hidden_size, num_heads, audio_dim, mlp_ratio, linear_head_dim) for _ in range(depth)]
+        )
+        self.final_modulation = nn.Linear(hidden_size, 2 * hidden_size)
+        self.final_proj = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
+        self._table_cache: dict[tuple, torch.Tensor] = {}
+
+    # ---- position tables -------------------------------------------------------------------------
+    def spatial_position_table(self, grid_height: int, grid_width: int, *, device=None, dtype=None) -> torch.Tensor:
+        """``[grid_height * grid_width, hidden]`` sin-cos table for a token grid."""
+        key = ("spatial", grid_height, grid_width, device, dtype)
+        if key not in self._table_cache:
+            table = spatial_table(self.config.hidden_size, grid_height, grid_width)
+            self._table_cache[key] = table.to(device=device, dtype=dtype or torch.float32)
+        return self._table_cache[key]
+
+    def temporal_position_table(self, length: int, *, device=None, dtype=None) -> torch.Tensor:
+        """``[length, hidden]`` sin-cos table over frame indices (memory frames first, then the clip)."""
+        key = ("temporal", length, device, dtype)
+        if key not in self._table_cache:
+            table = temporal_table(self.config.hidden_size, length)
+            self._table_cache[key] = table.to(device=device, dtype=dtype or torch.float32)
+        return self._table_cache[key]
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """images ``[S, C, H, W]`` -> tokens ``[S, N, D]`` (patch embedding as one matmul)."""
+        seqs, channels, height, width = images.shape
+        p = self.config.patch_size
+        patches = images.view(seqs, channels, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(seqs, (height // p) * (width // p), channels * p * p)  # [S, N, C*p*p]
+        weight = self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1)
+        return F.linear(patches, weight, self.patch_embed.bias)
+
+    def _check_inputs(self, latents, timestep, portrait_latents, audio_tokens, memory_latents):
+        cfg = self.config
+        if not torch.is_tensor(latents) or latents.ndim != 5:
+            raise ValueError(f"latents must be a [B, F, C, H, W] tensor; got {_shape(latents)}")
+        batch, frames, channels, height, width = latents.shape
+        if channels != cfg.in_channels:
+            raise ValueError(f"latents have {channels} channels; this model takes {cfg.in_channels}")
+        p = cfg.patch_size
+        if height % p or width % p:
+            raise ValueError(f"latent height and width must be divisible by the patch size {p}; got {height}x{width}")
+        if not torch.is_tensor(timestep) or timestep.shape != (batch,):
+            raise ValueError(f"timestep must be a [B]={batch} tensor on the 0..999 scale; got {_shape(timestep)}")
+        if not torch.is_tensor(portrait_latents) or tuple(portrait_latents.shape) not in (
+            (batch, channels, height, width), (batch, frames, channels, height, width)):
+            raise ValueError(
+                f"portrait_latents must be [B, C, H, W]=[{batch}, {channels}, {height}, {width}] or "
+                f"[B, F, C, H, W]; got {_shape(portrait_latents)}"
+            )
+        if (not torch.is_tensor(audio_tokens) or audio_tokens.ndim != 4 or audio_tokens.shape[:2] != (batch, frames)
+                or audio_tokens.shape[3] != cfg.audio_dim):
+            raise ValueError(
+                f"audio_tokens must be [B, F, M, {cfg.audio_dim}] with B={batch}, F={frames}; got {_shape(audio_tokens)}"
+            )
+        if memory_latents is not None:
+            if cfg.variant == "vdt":
+                raise ValueError("memory_latents were given, but the 'vdt' variant has no memory frames; pass None")
+            if not torch.is_tensor(memory_latents) or memory_latents.ndim != 5 or (
+                    memory_latents.shape[0], *memory_latents.shape[2:]) != (batch, channels, height, width):
+                raise ValueError(
+                    f"memory_latents must be [B, K, C, H, W] with B={batch}, C={channels}, H={height}, W={width}; "
+                    f"got {_shape(memory_latents)}"
+                )
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        portrait_latents: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        memory_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """latents ``[B, F, C, H, W]``, timestep ``[B]`` (0..999), portrait_latents ``[B, C, H, W]`` or
+        ``[B, F, C, H, W]``, audio_tokens ``[B, F, M, Da]``, memory_latents ``[B, K, C, H, W]`` or None
+        -> ``[B, F, 2C, H, W]`` (noise prediction, then the learned-range variance values).
+        A single timestep (number or 0-d tensor) is used for the whole batch."""
+        if torch.is_tensor(latents) and latents.ndim == 5:
+            if isinstance(timestep, (int, float)):
+                timestep = torch.tensor(timestep)
+            if torch.is_tensor(timestep):
+                timestep = timestep.to(latents.device)
+                if timestep.ndim == 0:
+                    timestep = timestep.expand(latents.shape[0])
+        self._check_inputs(latents, timestep, portrait_latents, audio_tokens, memory_latents)
+        cfg = self.config
+        dtype = self.patch_embed.weight.dtype
+        device = latents.device
+        batch, frames, channels, height, width = latents.shape
+        p = cfg.patch_size
+        grid = (height // p, width // p)
+        tokens = grid[0] * grid[1]
+        dim = cfg.hidden_size
+        memory_frames = 0 if memory_latents is None else memory_latents.shape[1]
+
+        spatial = self.spatial_position_table(*grid, device=device, dtype=dtype)  # [N, D]
+        temporal = self.temporal_position_table(memory_frames + frames, device=device, dtype=dtype)  # [K+F, D]
+
+        video = self._embed_patches(latents.to(dtype).reshape(batch * frames, channels, height, width))
+        video = (video.view(batch, frames, tokens, dim) + spatial) + temporal[memory_frames:, None]  # [B, F, N, D]
+        if memory_latents is not None:
+            memory = self._embed_patches(memory_latents.to(dtype).reshape(-1, channels, height, width))
+            memory = (memory.view(batch, memory_frames, tokens, dim) + spatial) + temporal[:memory_frames, None]
+        else:
+            memory = video.new_zeros(batch, 0, tokens, dim)  # [B, 0, N, D]
+        if portrait_latents.ndim == 4:
+            portrait = self._embed_patches(portrait_latents.to(dtype)) + spatial  # [B, N, D]
+            portrait = portrait[:, None].expand(batch, frames, tokens, dim)  # [B, F, N, D]
+        else:
+            portrait = self._embed_patches(portrait_latents.to(dtype).reshape(batch * frames, channels, height, width))
+            portrait = portrait.view(batch, frames, tokens, dim) + spatial  # [B, F, N, D]
+
+        time_embedding = self.timestep_embed(self.time_proj(timestep).to(dtype))  # [B, D]
+        time_features = F.silu(time_embedding)
+        audio = audio_tokens.to(dtype).reshape(batch * frames, audio_tokens.shape[2], audio_tokens.shape[3])
+
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                memory, video, portrait = self._gradient_checkpointing_func(
+                    block, memory, video, portrait, time_features, audio, grid)
+            else:
+                memory, video, portrait = block(memory, video, portrait, time_features, audio, grid)
+
+        shift, scale = self.final_modulation(time_features).view(batch, 2, dim).unbind(1)  # each [B, D]
+        out = modulated_linear(F.layer_norm(video, (dim,), eps=1e-6), self.final_proj, shift, scale)  # [B, F, N, p*p*2C]
+        out = out.view(batch, frames, grid[0], grid[1], p, p, self.out_channels)
+        return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(batch, frames, self.out_channels, height, width)
+
+
+def _shape(value) -> str:
+    return f"shape {tuple(value.shape)}" if torch.is_tensor(value) else f"{type(value).__name__}"

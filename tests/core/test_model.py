@@ -1,0 +1,323 @@
+"""LetsTalk transformer family: ground-truth match with the authors' code, shapes, dtypes, key mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from letstalk_core.checkpoints import load_checkpoint, load_official_checkpoint
+from letstalk_core.checkpoints.official import (
+    audio_state_from_official,
+    audio_state_to_official,
+    transformer_state_from_official,
+    transformer_state_to_official,
+)
+from letstalk_core.model import AudioProjection, LetsTalkTransformer, spatial_table, temporal_table, transformer_config
+from letstalk_core.model.transformer import GatedConvFeedForward
+
+SHARED = Path(os.environ.get("LETSTALK_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "official_letstalk"
+INDEX = json.loads((FIXTURES / "index.json").read_text())
+VARIANTS = ["VDTcat", "VDTcatlong", "Litecatlong"]
+# bfloat16 keeps 8 mantissa bits; over two blocks the outputs (|y| up to ~2.5) move by about 1e-2
+BF16_MAX_ERROR, BF16_MEAN_ERROR = 0.06, 0.01
+FP16_MAX_ERROR = 0.01
+
+
+def _heads(variant: str) -> int:
+    return INDEX[variant]["model_kwargs"]["num_heads"]
+
+
+def _run(model, io, dtype=torch.float32):
+    with torch.no_grad():
+        return model(io["x"].to(dtype), io["t"], io["ref_latent"].to(dtype), io["audio_tokens"].to(dtype),
+                     io["motion"].to(dtype) if "motion" in io else None)
+
+
+@pytest.fixture(scope="module")
+def fixture_io():
+    return {variant: load_file(FIXTURES / f"{variant}_io.safetensors") for variant in VARIANTS}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_matches_official_outputs_float32(variant, use_ema, fixture_io):
+    io = fixture_io[variant]
+    model, audio_proj, config = load_official_checkpoint(FIXTURES / f"{variant}.ckpt", use_ema=use_ema,
+                                                         num_heads=_heads(variant))
+    kwargs = INDEX[variant]["model_kwargs"]
+    assert config["hidden_size"] == kwargs["hidden_size"] and config["depth"] == kwargs["depth"]
+    assert config["patch_size"] == kwargs["patch_size"] and config["in_channels"] == kwargs["in_channels"]
+    assert config["memory_frames"] == INDEX[variant]["motion_frames"]
+    assert config["frames_per_clip"] == kwargs["num_frames"]
+    assert config["variant"] == {"VDTcat": "vdt", "VDTcatlong": "vdt_long", "Litecatlong": "lite"}[variant]
+    out = _run(model, io)
+    reference = io["out_ema" if use_ema else "out_model"]
+    assert out.shape == reference.shape == tuple(INDEX[variant]["out_shape"])
+    assert (out - reference).abs().max().item() < 1e-4
+    with torch.no_grad():
+        tokens = audio_proj(io["audio_window"])
+    assert (tokens - io["audio_tokens"]).abs().max().item() < 1e-5
+
+
+def test_ema_and_raw_weights_differ(fixture_io):
+    # guards the previous test: the two references are different numbers
+    io = fixture_io["VDTcatlong"]
+    assert (io["out_ema"] - io["out_model"]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_official(variant, dtype, fixture_io):
+    io = fixture_io[variant]
+    checkpoint = load_checkpoint(FIXTURES / f"{variant}.ckpt", num_heads=_heads(variant), dtype=dtype)
+    out = _run(checkpoint.model, io, dtype)
+    assert out.dtype == dtype
+    error = (out.float() - io["out_ema"]).abs()
+    if dtype == torch.bfloat16:
+        assert error.max().item() < BF16_MAX_ERROR and error.mean().item() < BF16_MEAN_ERROR
+    else:
+        assert error.max().item() < FP16_MAX_ERROR
+    with torch.no_grad():
+        tokens = checkpoint.audio_proj(io["audio_window"].to(dtype))
+    assert tokens.dtype == dtype and (tokens.float() - io["audio_tokens"]).abs().max().item() < BF16_MAX_ERROR
+
+
+def test_linear_attention_accumulates_in_float32():
+    torch.manual_seed(0)
+    model = LetsTalkTransformer(variant="lite", in_channels=4, patch_size=1, hidden_size=64, depth=1, num_heads=2,
+                                audio_dim=16, sample_size=8, frames_per_clip=2, memory_frames=1)
+    attention = model.blocks[0].spatial_attn.to(torch.bfloat16)
+    x = torch.randn(3, 40, 64).to(torch.bfloat16)  # [F, L, D]
+    q, k, v = F.linear(x, attention.to_qkv.weight).float().view(3, 40, 3, 2, 32).unbind(2)
+    q, k = q.relu(), k.relu()
+    expected = torch.einsum("slhe,shde->slhd", q, torch.einsum("slhd,slhe->shde", v, k))  # [S, L, h, d]
+    expected = expected / (torch.einsum("slhd,shd->slh", q, k.sum(1))[..., None] + 1e-8)
+    expected = F.linear(expected.to(torch.bfloat16).reshape(3, 40, 64), attention.to_out.weight, attention.to_out.bias)
+    with torch.no_grad():
+        out = attention(x[None])  # one sample of 3 frames
+    # same float32 accumulation -> agreement to bfloat16 rounding of the output, not of 40-term sums
+    assert (out.float() - expected.float()).abs().max().item() < 2e-2
+    assert out.dtype == torch.bfloat16
+
+
+# ---- position tables, any grid and any clip/memory length ---------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_position_tables_equal_stored_ones(variant):
+    state = torch.load(FIXTURES / f"{variant}.ckpt", map_location="cpu", weights_only=True)["ema"]
+    model, _, config = load_official_checkpoint(FIXTURES / f"{variant}.ckpt", num_heads=_heads(variant))
+    grid = config["sample_size"] // config["patch_size"]
+    computed = model.spatial_position_table(grid, grid)
+    assert (computed - state["pos_embed"][0]).abs().max().item() < 1e-6
+    key = "temp_embed" if variant == "VDTcat" else "long_temp_embed"
+    length = state[key].shape[1]
+    assert (model.temporal_position_table(length) - state[key][0]).abs().max().item() < 1e-6
+
+
+def test_non_square_table_is_the_square_table_cut_to_size():
+    square = spatial_table(64, 12, 12).view(12, 12, 64)
+    assert torch.equal(spatial_table(64, 5, 12).view(5, 12, 64), square[:5])
+    assert torch.equal(spatial_table(64, 12, 7).view(12, 7, 64), square[:, :7])
+    assert torch.equal(temporal_table(64, 20)[:6], temporal_table(64, 6))
+
+
+def _tiny(variant: str, **overrides) -> LetsTalkTransformer:
+    torch.manual_seed(0)
+    kwargs = dict(variant=variant, in_channels=4, patch_size=1 if variant == "lite" else 2, hidden_size=64, depth=2,
+                  num_heads=4, audio_dim=16, sample_size=8, frames_per_clip=4,
+                  memory_frames=0 if variant == "vdt" else 2)
+    kwargs.update(overrides)
+    model = LetsTalkTransformer(**kwargs).eval()
+    with torch.no_grad():  # the official init zeroes the output and modulation layers; randomise everything
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model
+
+
+def _inputs(batch, frames, height, width, memory_frames, audio_tokens=3, channels=4, audio_dim=16, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, frames, channels, height, width, generator=generator)  # [B, F, C, H, W]
+    timestep = torch.randint(0, 1000, (batch,), generator=generator)  # [B]
+    portrait = torch.randn(batch, channels, height, width, generator=generator)  # [B, C, H, W]
+    audio = torch.randn(batch, frames, audio_tokens, audio_dim, generator=generator)  # [B, F, M, Da]
+    memory = torch.randn(batch, memory_frames, channels, height, width, generator=generator) if memory_frames else None
+    return latents, timestep, portrait, audio, memory
+
+
+@pytest.mark.parametrize("variant", ["vdt", "vdt_long", "lite"])
+@pytest.mark.parametrize("height,width", [(8, 12), (12, 4)])
+def test_non_square_latents_and_batch_independence(variant, height, width):
+    model = _tiny(variant)
+    memory_frames = 0 if variant == "vdt" else 2
+    latents, timestep, portrait, audio, memory = _inputs(2, 3, height, width, memory_frames)
+    with torch.no_grad():
+        out = model(latents, timestep, portrait, audio, memory)
+        single = model(latents[1:], timestep[1:], portrait[1:], audio[1:], None if memory is None else memory[1:])
+    assert out.shape == (2, 3, 8, height, width)
+    assert torch.isfinite(out).all()
+    # a wrong reshape/permute on a non-square grid mixes samples or frames; each sample must stand alone
+    assert (out[1:] - single).abs().max().item() < 1e-4 * out.abs().max().item()
+    # and the output must depend on the latents of its own sample
+    with torch.no_grad():
+        moved = model(latents + 0.5, timestep, portrait, audio, memory)
+    assert (moved - out).abs().max().item() > 1e-2 * out.abs().max().item()
+
+
+def test_glumbconv_token_order_on_non_square_grid():
+    torch.manual_seed(0)
+    ff = GatedConvFeedForward(16, 24)
+    tokens = torch.randn(2, 5 * 7, 16)  # [S, N, D], grid 5 rows x 7 columns
+    with torch.no_grad():
+        image = tokens.view(2, 5, 7, 16).permute(0, 3, 1, 2)  # [S, D, 5, 7]
+        hidden = F.silu(F.conv2d(image, ff.expand.weight[:, :, None, None], ff.expand.bias))
+        hidden = F.conv2d(hidden, ff.depthwise.weight, ff.depthwise.bias, padding=1, groups=48)
+        value, gate = hidden.chunk(2, dim=1)
+        expected = F.conv2d(value * F.silu(gate), ff.project.weight[:, :, None, None])  # [S, D, 5, 7]
+        expected = expected.flatten(2).transpose(1, 2)
+        out = ff(tokens[None], (5, 7))  # one sample of 2 frames
+    assert (out - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("frames,memory_frames", [(1, 1), (6, 3), (2, 0)])
+def test_other_clip_and_memory_lengths(frames, memory_frames):
+    model = _tiny("vdt_long")
+    latents, timestep, portrait, audio, memory = _inputs(1, frames, 8, 8, memory_frames)
+    with torch.no_grad():
+        out = model(latents, timestep, portrait, audio, memory)
+    assert out.shape == (1, frames, 8, 8, 8) and torch.isfinite(out).all()
+    if memory_frames:
+        with torch.no_grad():
+            other = model(latents, timestep, portrait, audio, memory + 1.0)
+        assert (other - out).abs().max().item() > 1e-3  # the memory frames are attended to
+
+
+def test_portrait_per_frame_equals_repeated_portrait():
+    model = _tiny("vdt_long")
+    latents, timestep, portrait, audio, memory = _inputs(2, 3, 8, 8, 2)
+    with torch.no_grad():
+        once = model(latents, timestep, portrait, audio, memory)
+        repeated = model(latents, timestep, portrait[:, None].repeat(1, 3, 1, 1, 1), audio, memory)
+    assert (once - repeated).abs().max().item() < 1e-5 * once.abs().max().item()
+
+
+@pytest.mark.parametrize("variant", ["vdt_long", "lite"])
+def test_training_mode_and_gradient_checkpointing(variant):
+    model = _tiny(variant, depth=2).train()
+    latents, timestep, portrait, audio, memory = _inputs(1, 2, 8, 8, 2)
+    with torch.no_grad():  # inference takes in-place shortcuts; training must compute the same numbers
+        inference = model(latents, timestep, portrait, audio, memory)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.zero_grad()
+        out = model(latents, timestep, portrait, audio, memory)
+        assert (out - inference).abs().max().item() < 1e-5 * inference.abs().max().item()
+        out.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert model.gradient_checkpointing
+    assert grads[0].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max().item() < 1e-5
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    model = _tiny("lite")
+    model.save_pretrained(tmp_path / "transformer")
+    assert (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = LetsTalkTransformer.from_pretrained(tmp_path / "transformer").eval()
+    assert loaded.config.variant == "lite" and loaded.config.memory_frames == 2
+    inputs = _inputs(1, 2, 8, 8, 2)
+    with torch.no_grad():
+        expected, out = model(*inputs), loaded(*inputs)
+    # equal weights; the loaded copy may sit at another memory alignment, so allow float32 rounding
+    assert (out - expected).abs().max().item() < 1e-5 * expected.abs().max().item()
+
+
+def test_one_timestep_for_the_batch():
+    model = _tiny("vdt_long")
+    latents, _, portrait, audio, memory = _inputs(2, 2, 8, 8, 2)
+    with torch.no_grad():
+        per_sample = model(latents, torch.tensor([250, 250]), portrait, audio, memory)
+        assert torch.equal(model(latents, 250, portrait, audio, memory), per_sample)
+        assert torch.equal(model(latents, torch.tensor(250), portrait, audio, memory), per_sample)
+
+
+def test_bad_inputs_are_refused_with_clear_messages():
+    model = _tiny("vdt")
+    latents, timestep, portrait, audio, _ = _inputs(1, 2, 8, 8, 0)
+    with pytest.raises(ValueError, match="timestep"):
+        model(latents, torch.tensor([1, 2, 3]), portrait, audio)
+    with pytest.raises(ValueError, match="channels"):
+        model(latents[:, :, :3], timestep, portrait, audio)
+    with pytest.raises(ValueError, match="divisible by the patch size 2"):
+        model(latents[..., :7], timestep, portrait[..., :7], audio)
+    with pytest.raises(ValueError, match="no memory frames"):
+        model(latents, timestep, portrait, audio, latents)
+    with pytest.raises(ValueError, match="audio_tokens"):
+        model(latents, timestep, portrait, audio[:, :1])
+    with pytest.raises(ValueError, match="portrait_latents"):
+        model(latents, timestep, portrait[..., :4], audio)
+    with pytest.raises(ValueError, match="memory_frames"):
+        LetsTalkTransformer(variant="vdt", memory_frames=2)
+    with pytest.raises(ValueError, match="variant"):
+        LetsTalkTransformer(variant="dit")
+    with pytest.raises(ValueError, match=r"\[B, F, 5, 3, 16\]"):
+        AudioProjection(window_size=5, input_features=48, num_layers=3, feature_dim=16)(torch.zeros(1, 2, 4, 3, 16))
+
+
+# ---- every official full size: key mapping both ways, on the meta device -------------------------
+FULL_SIZES = {name: entry for name, entry in json.loads((FIXTURES / "official_state_dict_keys.json").read_text()).items()
+              if "kwargs" in entry}
+
+
+def _config_for(name: str, kwargs: dict) -> dict:
+    family, size = name.split()[0].split("-")
+    size, _, patch = size.partition("/")
+    variant = {"VDTcat": "vdt", "VDTcatlong": "vdt_long", "Litecatlong": "lite"}[family]
+    return transformer_config(variant, size, patch_size=int(patch) if patch else None,
+                              in_channels=kwargs.get("in_channels", 4), sample_size=kwargs["input_size"],
+                              frames_per_clip=kwargs["num_frames"], memory_frames=kwargs.get("initial_frames", 0),
+                              audio_dim=kwargs["context_dim"])
+
+
+def test_every_official_size_is_covered():
+    assert len(FULL_SIZES) == 12
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SIZES))
+def test_official_keys_map_both_ways(name):
+    entry = FULL_SIZES[name]
+    config = _config_for(name, entry["kwargs"])
+    with torch.device("meta"):
+        model = LetsTalkTransformer(**config)
+    ours = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    official = {key: tuple(shape) for key, shape in entry["keys"].items()}
+    # export: ours -> official, every key and shape, nothing extra
+    exported = transformer_state_to_official(model.state_dict(), config)
+    assert {key: tuple(t.shape) for key, t in exported.items()} == official
+    # import: official -> ours, every key and shape, nothing left over
+    official_meta = {key: torch.empty(shape, device="meta") for key, shape in official.items()}
+    imported = transformer_state_from_official(official_meta)
+    assert {key: tuple(t.shape) for key, t in imported.items()} == ours
+    # same number of numbers (the official count includes the stored position tables)
+    tables = sum(t.numel() for key, t in exported.items() if key.endswith("_embed"))
+    assert sum(t.numel() for t in model.state_dict().values()) + tables == entry["params"]
+
+
+def test_official_audio_projection_keys_map_both_ways():
+    entry = json.loads((FIXTURES / "official_state_dict_keys.json").read_text())[
+        "AudioProjModel (wav2vec2-base, 12 layers, window 5, 32 tokens)"]
+    with torch.device("meta"):
+        audio_proj = AudioProjection()  # official defaults: 5 x 12 x 768 -> 32 x 768
+    ours = {key: tuple(t.shape) for key, t in audio_proj.state_dict().items()}
+    official = {key: tuple(shape) for key, shape in entry["keys"].items()}
+    assert {k: tuple(t.shape) for k, t in audio_state_to_official(audio_proj.state_dict()).items()} == official
+    meta = {key: torch.empty(shape, device="meta") for key, shape in official.items()}
+    assert {k: tuple(t.shape) for k, t in audio_state_from_official(meta).items()} == ours
+    assert sum(t.numel() for t in audio_proj.state_dict().values()) == entry["params"]
