@@ -1,0 +1,131 @@
+"""Audio conditioning benchmark: wav2vec2-base-sized encoder (random weights) on speech-like audio.
+
+Prints, measured in this run on this machine:
+* real-time factor (seconds of compute per second of audio) of our encoding (chunked, aligned to 25 fps)
+  next to the model's own plain forward (one pass at 50 Hz, all hidden states) and the Hallo-style single
+  pass (interpolated to 25 fps, no chunking), and their ratios;
+* peak resident memory while encoding, in fresh subprocesses, for 10 s and 60 s of audio (and 120 s for ours).
+
+Usage: .venv/bin/python bench/audio.py [--seconds 60] [--repeats 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from letstalk_core.audio import Wav2Vec2AudioEncoder, load_audio  # noqa: E402
+
+SR = 16_000
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    envelope = np.abs(np.sin(2 * np.pi * 3.1 * t)) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.13 * t))
+    pitch = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    voice = np.sin(2 * np.pi * np.cumsum(pitch) / SR) + 0.4 * np.sin(4 * np.pi * np.cumsum(pitch) / SR)
+    return (envelope * (0.3 * voice + 0.05 * rng.standard_normal(t.shape))).astype(np.float32)
+
+
+def base_model():
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    return Wav2Vec2Model(Wav2Vec2Config()).eval()  # wav2vec2-base sizes: 12 x 768, group-norm CNN
+
+
+def run(mode: str, model, audio) -> torch.Tensor:
+    if mode == "ours":
+        return Wav2Vec2AudioEncoder(model).encode(audio, 25)  # [F, 12, 768]
+    if mode == "single_pass":
+        return Wav2Vec2AudioEncoder(model, chunk_seconds=1e9).encode(audio, 25)
+    with torch.inference_mode():  # plain: the model's own forward on the same samples
+        out = model(audio.samples[None], output_hidden_states=True)
+    return torch.stack(out.hidden_states[1:], dim=2)[0]  # [N, 12, 768] at 50 Hz
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(mode: str, seconds: float) -> None:
+    model = base_model()
+    audio = load_audio(speech_like(seconds), SR)
+    # Reset the peak-RSS mark (Linux clear_refs "5") so that the peak belongs to the encoding alone.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_mib("VmRSS")
+    features = run(mode, model, audio)
+    peak = _status_mib("VmHWM")
+    print(json.dumps({"before_mib": before, "peak_mib": peak,
+                      "output_mib": features.numel() * features.element_size() / 2**20}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--child", choices=["ours", "single_pass", "plain"])
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child, args.seconds)
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; timings are noisy on a shared CPU")
+    model = base_model()
+    audio = load_audio(speech_like(args.seconds), SR)
+    run("ours", model, load_audio(speech_like(2.0), SR))  # warm-up
+    times = {"plain": [], "ours": [], "single_pass": []}
+    for _ in range(args.repeats):  # interleaved, so load from other processes hits every mode alike
+        for mode in times:
+            start = time.perf_counter()
+            run(mode, model, audio)
+            times[mode].append(time.perf_counter() - start)
+    best = {mode: min(values) for mode, values in times.items()}
+    median = {mode: float(np.median(values)) for mode, values in times.items()}
+    for mode in times:
+        print(f"{mode:12s} real-time factor best {best[mode] / args.seconds:.4f}, median {median[mode] / args.seconds:.4f}"
+              f" over {args.repeats} runs")
+    print(f"ours / plain forward       = {best['ours'] / best['plain']:.3f} best, {median['ours'] / median['plain']:.3f} median"
+          "  (target <= 1.15)")
+    print(f"ours / single pass (Hallo) = {best['ours'] / best['single_pass']:.3f} best, "
+          f"{median['ours'] / median['single_pass']:.3f} median")
+
+    print("peak RSS in fresh subprocesses (MiB): mode, seconds, RSS before encoding, peak while encoding, output tensor")
+    peaks = {}
+    for mode, lengths in (("ours", (10.0, 60.0, 120.0)), ("plain", (10.0, 60.0))):
+        for seconds in lengths:
+            command = [sys.executable, __file__, "--child", mode, "--seconds", str(seconds), "--threads", str(args.threads)]
+            result = subprocess.run(command,
+                                    capture_output=True, text=True, check=True)
+            info = json.loads(result.stdout.strip().splitlines()[-1])
+            peaks[mode, seconds] = info
+            print(f"  {mode:6s} {seconds:4.0f} s  {info['before_mib']:8.0f} {info['peak_mib']:8.0f} {info['output_mib']:8.1f}")
+    for mode in ("ours", "plain"):
+        growth = (peaks[mode, 60.0]["peak_mib"] - peaks[mode, 60.0]["before_mib"]) - (
+            peaks[mode, 10.0]["peak_mib"] - peaks[mode, 10.0]["before_mib"])
+        output_growth = peaks[mode, 60.0]["output_mib"] - peaks[mode, 10.0]["output_mib"]
+        print(f"{mode}: encoding's extra peak memory grows {growth:.0f} MiB from 10 s to 60 s "
+              f"({output_growth:.0f} MiB of it is the larger output tensor)")
+    extra = {seconds: peaks["ours", seconds]["peak_mib"] - peaks["ours", seconds]["before_mib"] for seconds in (60.0, 120.0)}
+    print(f"ours: extra peak {extra[60.0]:.0f} MiB at 60 s, {extra[120.0]:.0f} MiB at 120 s "
+          f"(output grows {peaks['ours', 120.0]['output_mib'] - peaks['ours', 60.0]['output_mib']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Audio conditioning: speech in any form -> per-video-frame encoder features -> windows.
+
+``load_audio`` (mono 16 kHz), ``load_audio_encoder`` ("mel", wav2vec2 or whisper from local files),
+``encode_audio`` (features padded to whole clips, with the true frame count), ``frame_windows``.
+"""
+
+from .conditioning import AudioFeatures, encode_audio
+from .encoder_base import AudioEncoder
+from .encoders import (
+    check_audio_encoder_compatible,
+    infer_wav2vec2_config,
+    infer_whisper_config,
+    load_audio_encoder,
+    wav2vec2_state_dict,
+    whisper_encoder_state_dict,
+)
+from .frames import as_fps, frame_count, frame_windows, padded_frame_count
+from .loading import MonoAudio, load_audio, normalize_loudness
+from .mel import MelAudioEncoder
+from .wav2vec2 import Wav2Vec2AudioEncoder
+from .whisper import WhisperAudioEncoder
+
+__all__ = [
+    "AudioEncoder", "AudioFeatures", "MelAudioEncoder", "MonoAudio", "Wav2Vec2AudioEncoder", "WhisperAudioEncoder",
+    "as_fps", "check_audio_encoder_compatible", "encode_audio", "frame_count", "frame_windows",
+    "infer_wav2vec2_config", "infer_whisper_config", "load_audio", "load_audio_encoder", "normalize_loudness",
+    "padded_frame_count", "wav2vec2_state_dict", "whisper_encoder_state_dict",
+]
