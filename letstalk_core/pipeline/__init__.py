@@ -1,0 +1,349 @@
+"""LetsTalkPipeline: portrait + speech -> talking video, the one path the CLI and the nodes share.
+
+    portrait image --prepare_portrait/encode--> portrait_latent   [1, C, h, w]
+    speech         --encode_audio------------> audio features    [F_padded, L, D] (+ true frame count)
+    both           --iter_video_clips--------> clip latents      [1, f, C, h, w], clip by clip
+    clip latents   --codec.iter_decode-------> frames            [f, H, W, 3] 0..1 (optionally pasted back)
+    frames         --Mp4Writer---------------> mp4 with the speech muxed in (AAC)
+
+Each stage is a function of its own (``load_parts``, ``prepare_conditions``, ``iter_clip_latents``,
+``iter_frames``, ``write_video``), so the ComfyUI nodes call the same code one stage per node, and the
+video streams: one clip of frames is alive at a time, whatever the length of the speech.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..audio import AudioFeatures, encode_audio, load_audio, load_audio_encoder
+from ..audio.encoder_base import AudioEncoder
+from ..audio.loading import MonoAudio
+from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
+from ..latents import LatentCodec, encode_portrait, images_to_comfy, load_vae, paste_back
+from ..latents.portrait import PortraitCrop
+from ..sampling import SAMPLERS, ClipLatents, iter_video_clips
+from ..video import Mp4Writer
+
+log = logging.getLogger("letstalk")
+
+DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpmpp_2m": 25, "euler": 50}
+# the checkpoint bundled with the pack, used when no checkpoint is named
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "letstalk-demo.safetensors"
+
+
+# latent scaling of the VAEs the published variants were trained with, by latent channels
+# (SD VAE f8c4: 0.18215; DC-AE f32c32: 0.41407), for VAEs that do not state their own
+LATENT_SCALING_BY_CHANNELS = {4: 0.18215, 32: 0.41407}
+
+
+def latent_scaling_factor(ckpt: LetsTalkCheckpoint) -> float:
+    """The factor the checkpoint's latents were scaled by: its bundled VAE's, else its variant's."""
+    if ckpt.vae_config and "scaling_factor" in ckpt.vae_config:
+        return float(ckpt.vae_config["scaling_factor"])
+    channels = int(ckpt.model.config.in_channels)
+    if channels not in LATENT_SCALING_BY_CHANNELS:
+        raise ValueError(f"checkpoint {ckpt.path} has {channels}-channel latents and no VAE of its own, so its latent "
+                         f"scale is unknown; bundle its VAE (scaling_factor in the VAE config)")
+    return LATENT_SCALING_BY_CHANNELS[channels]
+
+
+class SpeechConditioning:
+    """Speech with the encoder that turns it into features; the features for a clip length are computed
+    once, when first asked for (padding to whole clips depends on the model's ``frames_per_clip``)."""
+
+    def __init__(self, audio: Any, encoder: AudioEncoder, fps: float | Fraction = 25, *,
+                 sample_rate: int | None = None):
+        from ..audio import as_fps, frame_count
+
+        self.speech = audio if isinstance(audio, MonoAudio) else load_audio(audio, sample_rate,
+                                                                             target_sample_rate=encoder.sample_rate)
+        self.encoder = encoder
+        self.fps = as_fps(fps)
+        if self.speech.num_samples * self.fps < self.speech.sample_rate:
+            raise ValueError(
+                f"{self.speech.source} lasts {self.speech.seconds * 1000:.1f} ms, shorter than one video frame at "
+                f"{float(self.fps):g} fps ({1000 / float(self.fps):.1f} ms); give at least one frame of speech"
+            )
+        self.num_frames = frame_count(self.speech.num_samples, self.speech.sample_rate, self.fps)
+        self._features: dict[int | None, AudioFeatures] = {}
+
+    def features(self, frames_per_clip: int | None = None) -> AudioFeatures:
+        if frames_per_clip not in self._features:
+            self._features[frames_per_clip] = encode_audio(self.speech, self.encoder, fps=self.fps,
+                                                           frames_per_clip=frames_per_clip)
+        return self._features[frames_per_clip]
+
+
+@dataclass
+class Conditions:
+    """What a clip loop needs besides the model: the portrait latent and the speech features."""
+
+    portrait_latent: torch.Tensor  # [1, C, h, w]
+    portrait: PortraitCrop
+    audio: AudioFeatures  # features [F_padded, L, D], num_frames
+    speech: MonoAudio  # the speech at the encoder's rate, muxed into the video
+    original_image: Any = field(repr=False, default=None)
+
+    @property
+    def num_frames(self) -> int:
+        return self.audio.num_frames
+
+    @property
+    def fps(self) -> Fraction:
+        return self.audio.fps
+
+
+def _check_scale(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _check_steps(sampler: str, steps) -> int:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
+    if steps is None:
+        return DEFAULT_STEPS[sampler]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def load_parts(
+    checkpoint: str | Path | LetsTalkCheckpoint | None = None,
+    *,
+    vae: str | Path | LatentCodec | None = None,
+    audio_encoder: str | Path | AudioEncoder | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> tuple[LetsTalkCheckpoint, LatentCodec, AudioEncoder]:
+    """The checkpoint with the VAE and audio encoder it needs, checked against each other.
+
+    ``vae``/``audio_encoder`` default to the ones a bundle carries; a checkpoint without them (the
+    authors' files) needs them named. ``checkpoint`` None is the bundled demo model.
+    """
+    if checkpoint is None:
+        if not DEMO_CHECKPOINT.is_file():
+            raise FileNotFoundError(f"no checkpoint given and the bundled demo model {DEMO_CHECKPOINT} is missing")
+        checkpoint = DEMO_CHECKPOINT
+    ckpt = checkpoint if isinstance(checkpoint, LetsTalkCheckpoint) else load_checkpoint(checkpoint, device=device,
+                                                                                      dtype=dtype)
+    name = str(ckpt.path)
+    channels = int(ckpt.model.config.in_channels)
+
+    if isinstance(vae, LatentCodec):
+        codec = vae
+    elif vae is not None:
+        codec = load_vae(vae, device=device, expected_latent_channels=channels)
+    elif ckpt.vae_state_dict:
+        codec = load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=device)
+    else:
+        raise ValueError(f"checkpoint {name} carries no VAE; name one (e.g. --vae vae-ft-mse-840000-ema-pruned"
+                         ".safetensors for the vdt variants, a DC-AE f32c32 for lite)")
+    check_codec(ckpt, codec)
+
+    if isinstance(audio_encoder, AudioEncoder):
+        encoder = audio_encoder
+    elif audio_encoder is not None:
+        encoder = load_audio_encoder(audio_encoder, device=device)
+    elif ckpt.audio_encoder_config is not None:
+        spec = dict(ckpt.audio_encoder_config)
+        kind = spec.pop("type", None)
+        if kind != "mel":
+            raise ValueError(f"checkpoint {name} names a {kind!r} audio encoder but carries no usable weights for "
+                             "it; pass the encoder (a Hugging Face folder or .safetensors) explicitly")
+        encoder = load_audio_encoder("mel", n_mels=int(spec.get("n_mels", 80)))
+    else:
+        raise ValueError(f"checkpoint {name} does not say which audio encoder it was trained with; name one "
+                         "(e.g. --audio-encoder path/to/wav2vec2-base-960h)")
+    projection = ckpt.audio_proj.config
+    if projection.num_layers is not None and projection.feature_dim is not None:
+        encoder.check_compatible(int(projection.num_layers), int(projection.feature_dim),
+                                 expected_by=f"checkpoint {name}")
+    elif encoder.num_layers * encoder.feature_dim != projection.input_features:
+        raise ValueError(
+            f"audio encoder {encoder.source} gives {encoder.num_layers} layers x {encoder.feature_dim} features "
+            f"= {encoder.num_layers * encoder.feature_dim} per frame, but checkpoint {name} expects "
+            f"{projection.input_features}; use the encoder the checkpoint was trained with"
+        )
+    return ckpt, codec, encoder
+
+
+def check_codec(ckpt: LetsTalkCheckpoint, codec, what: str = "the VAE") -> None:
+    """Refuse a VAE whose latents are not the ones the checkpoint was trained on, naming both counts."""
+    channels = int(ckpt.model.config.in_channels)
+    if codec.latent_channels != channels:
+        raise ValueError(f"{what} makes {codec.latent_channels}-channel latents but checkpoint {ckpt.path} expects "
+                         f"{channels}; use the VAE the checkpoint was trained with")
+
+
+def model_resolution(ckpt: LetsTalkCheckpoint, codec: LatentCodec) -> int:
+    """Pixel side of the square the model was trained at: latent sample size x VAE downscale."""
+    return int(ckpt.model.config.sample_size) * int(codec.downscale_factor)
+
+
+def prepare_conditions(
+    ckpt: LetsTalkCheckpoint,
+    codec: LatentCodec,
+    encoder: AudioEncoder,
+    image: Any,
+    audio: Any,
+    *,
+    fps: float | Fraction = 25,
+    crop: bool = True,
+    margin: float = 0.5,
+    on_no_face: str = "center",
+    resolution: int | None = None,
+    sample_rate: int | None = None,
+) -> Conditions:
+    """Portrait latent (face crop unless ``crop`` is False) and audio features padded to whole clips."""
+    resolution = resolution or model_resolution(ckpt, codec)
+    portrait_latent, portrait = encode_portrait(
+        codec, image, resolution, margin=margin, on_no_face=on_no_face,
+        detector="mtcnn" if crop else "none",
+    )  # [1, C, h, w]
+    speech = audio if isinstance(audio, MonoAudio) else load_audio(audio, sample_rate,
+                                                                    target_sample_rate=encoder.sample_rate)
+    features = encode_audio(speech, encoder, fps=fps, frames_per_clip=ckpt.frames_per_clip)
+    return Conditions(portrait_latent=portrait_latent, portrait=portrait, audio=features, speech=speech,
+                      original_image=image)
+
+
+def iter_clip_latents(
+    ckpt: LetsTalkCheckpoint,
+    portrait_latent: torch.Tensor,
+    audio: AudioFeatures,
+    *,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    seed: int = 0,
+    audio_cfg: float = 1.0,
+    portrait_cfg: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[ClipLatents]:
+    """Clip after clip of latents with the memory bank; inputs are checked before the first step."""
+    steps = _check_steps(sampler, steps)
+    audio_cfg = _check_scale("audio_cfg", audio_cfg)
+    portrait_cfg = _check_scale("portrait_cfg", portrait_cfg)
+    if (audio_cfg != 1 or portrait_cfg != 1) and not ckpt.supports_guidance:
+        raise ValueError(
+            f"checkpoint {ckpt.path} was trained without condition dropout, so guidance has no meaning for it; "
+            f"use audio_cfg=1 and portrait_cfg=1 (got {audio_cfg:g} and {portrait_cfg:g})"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    model = ckpt.model
+    device = next(model.parameters()).device
+    radius = (int(ckpt.audio_proj.config.window_size) - 1) // 2
+    windows = audio.windows(radius)[None].to(device)  # [1, F_padded, 2r+1, L, D]
+    generator = torch.Generator(device="cpu").manual_seed(seed % (1 << 63))
+    return iter_video_clips(
+        model, portrait_latent.to(device), audio_windows=windows, audio_projection=ckpt.audio_proj,
+        num_frames=audio.num_frames, frames_per_clip=ckpt.frames_per_clip, memory_frames=ckpt.memory_frames,
+        sampler=sampler, steps=steps, audio_scale=audio_cfg, portrait_scale=portrait_cfg,
+        guidance_supported=ckpt.supports_guidance, generator=generator, progress=progress,
+        should_stop=should_stop,
+    )
+
+
+def iter_frames(
+    codec: LatentCodec,
+    latents: Iterator[torch.Tensor] | torch.Tensor,
+    *,
+    paste_into: Any = None,
+    crop_box=None,
+    chunk_size: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Decode latents chunk by chunk -> frames ``[n, H, W, 3]`` float 0..1 (ComfyUI IMAGE convention).
+
+    ``latents``: ``[F, C, h, w]`` / ``[1, F, C, h, w]``, or an iterator of such (one clip each).
+    ``paste_into``: the original image; with ``crop_box`` the frames are pasted back at its size.
+    """
+    if torch.is_tensor(latents):
+        latents = [latents]
+    for clip in latents:
+        clip = clip.latents if isinstance(clip, ClipLatents) else clip
+        for frames in codec.iter_decode(clip, chunk_size=chunk_size):  # [n, 3, H, W] in -1..1
+            frames = images_to_comfy(frames)  # [n, H, W, 3] 0..1
+            if paste_into is not None:
+                frames = paste_back(frames, paste_into, crop_box)
+            yield frames
+
+
+def write_video(destination: str | Path | Mp4Writer, frames: Iterator[torch.Tensor], fps,
+                speech: MonoAudio | None) -> Path:
+    """Stream frames into an mp4 with the speech muxed in. Atomic: when anything fails (or sampling is
+    cancelled) nothing is left under the output name. ``destination`` may be an unopened
+    :class:`Mp4Writer` made earlier, so a bad output path is refused before any work is done."""
+    writer = destination if isinstance(destination, Mp4Writer) else Mp4Writer(destination, fps=fps)
+    with writer:
+        if speech is not None:
+            writer.set_audio(speech.samples.numpy(), speech.sample_rate)
+        for chunk in frames:
+            writer.write(chunk)
+    return Path(writer.path)
+
+
+class LetsTalkPipeline:
+    """A loaded checkpoint with its VAE and audio encoder; call it with an image and speech.
+
+        pipe = LetsTalkPipeline.from_pretrained("letstalk-demo.safetensors")
+        pipe("portrait.png", "speech.wav", out="talking.mp4", steps=25, sampler="dpmpp_2m")
+    """
+
+    def __init__(self, checkpoint: LetsTalkCheckpoint, vae: LatentCodec, audio_encoder: AudioEncoder):
+        self.checkpoint = checkpoint
+        self.vae = vae
+        self.audio_encoder = audio_encoder
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str | Path | None = None, *, vae=None, audio_encoder=None,
+                        device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "LetsTalkPipeline":
+        return cls(*load_parts(checkpoint, vae=vae, audio_encoder=audio_encoder, device=device, dtype=dtype))
+
+    @property
+    def resolution(self) -> int:
+        return model_resolution(self.checkpoint, self.vae)
+
+    def prepare(self, image, audio, *, fps=25, crop=True, margin=0.5, on_no_face="center",
+                sample_rate=None) -> Conditions:
+        return prepare_conditions(self.checkpoint, self.vae, self.audio_encoder, image, audio, fps=fps, crop=crop,
+                                  margin=margin, on_no_face=on_no_face, sample_rate=sample_rate)
+
+    def iter_frames(self, conditions: Conditions, *, paste_back: bool = False, sampler: str = "ddpm",
+                    steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
+                    progress=None, should_stop=None) -> Iterator[torch.Tensor]:
+        """Frames ``[n, H, W, 3]`` 0..1, decoded as each clip finishes; ``num_frames`` in all."""
+        clips = iter_clip_latents(self.checkpoint, conditions.portrait_latent, conditions.audio, sampler=sampler,
+                                  steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+                                  progress=progress, should_stop=should_stop)
+        paste_into = conditions.original_image if paste_back else None
+        return iter_frames(self.vae, clips, paste_into=paste_into, crop_box=conditions.portrait.crop_box)
+
+    def __call__(self, image, audio, *, out: str | Path | None = None, fps=25, crop: bool = True,
+                 paste_back: bool = False, margin: float = 0.5, on_no_face: str = "center", sampler: str = "ddpm",
+                 steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
+                 progress=None, should_stop=None, sample_rate: int | None = None):
+        """With ``out``: stream into that mp4 (speech muxed) and return its path; without: all frames
+        ``[F, H, W, 3]`` float 0..1."""
+        writer = Mp4Writer(out, fps=fps) if out is not None else None  # refuses a bad path before any work
+        conditions = self.prepare(image, audio, fps=fps, crop=crop, margin=margin, on_no_face=on_no_face,
+                                  sample_rate=sample_rate)
+        frames = self.iter_frames(conditions, paste_back=paste_back, sampler=sampler, steps=steps, seed=seed,
+                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, progress=progress,
+                                  should_stop=should_stop)
+        if out is None:
+            return torch.cat(list(frames), dim=0)
+        return write_video(writer, frames, conditions.fps, conditions.speech)

@@ -1,0 +1,171 @@
+"""LetsTalkPipeline and `python -m letstalk_core generate` with a tiny random bundle."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from letstalk_core.latents import build_vae
+from letstalk_core.pipeline import LetsTalkPipeline, iter_clip_latents, load_parts
+from letstalk_core.sampling import SamplingCancelled
+from letstalk_core.video import probe, read_video_frames
+from tests.helpers import (TINY_FRAMES_PER_CLIP, make_tiny_bundle, tiny_vae_config, write_portrait,
+                           write_speechlike)
+
+REPO = Path(__file__).resolve().parents[2]
+FRAMES_PER_CLIP = TINY_FRAMES_PER_CLIP
+make_bundle = make_tiny_bundle
+
+
+def write_speech(path: Path, seconds: float) -> Path:
+    return write_speechlike(path, seconds)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    bundle = make_bundle(root / "tiny.safetensors")
+    guided = make_bundle(root / "guided.safetensors", condition_dropout={"audio": 0.1, "portrait": 0.1})
+    portrait = write_portrait(root / "portrait.png")
+    wide = write_portrait(root / "wide.png", extra_width=40)  # 136 x 96
+    return {"root": root, "bundle": bundle, "guided": guided, "portrait": portrait, "wide": wide,
+            "speech": write_speech(root / "speech.wav", 1.0)}
+
+
+@pytest.fixture(scope="module")
+def pipe(assets):
+    return LetsTalkPipeline.from_pretrained(assets["bundle"])
+
+
+FAST = {"sampler": "ddim", "steps": 2}
+
+
+@pytest.mark.parametrize("seconds,fps", [(0.5, 25), (1.0, 25), (0.7, 29.97)])
+def test_mp4_frame_count_and_av_duration(pipe, assets, tmp_path, seconds, fps):
+    speech = write_speech(tmp_path / "s.wav", seconds)
+    out = pipe(assets["portrait"], speech, out=tmp_path / "talk.mp4", fps=fps, **FAST)
+    info = probe(out)
+    expected = math.ceil(seconds * (30000 / 1001 if fps == 29.97 else fps) - 1e-9)
+    assert info.frame_count == expected
+    assert info.has_audio
+    assert abs(info.audio_duration - info.frame_count / info.fps) <= 1 / info.fps
+    assert (info.height, info.width) == (64, 64)  # sample size 8 x VAE factor 8
+
+
+def test_same_seed_same_frames_and_other_seed_differs(pipe, assets):
+    first = pipe(assets["portrait"], assets["speech"], seed=3, **FAST)
+    again = pipe(assets["portrait"], assets["speech"], seed=3, **FAST)
+    other = pipe(assets["portrait"], assets["speech"], seed=4, **FAST)
+    assert first.shape == (25, 64, 64, 3)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_frames_stream_clip_by_clip(pipe, assets, tmp_path):
+    speech = write_speech(tmp_path / "three_clips.wav", 3 * FRAMES_PER_CLIP / 25)  # exactly 3 clips
+    conditions = pipe.prepare(assets["portrait"], speech)
+    events = []
+    frames = pipe.iter_frames(conditions, progress=lambda done, total: events.append(("step", done)), **FAST)
+    held = 0
+    for chunk in frames:
+        events.append(("frames", chunk.shape[0]))
+        held = max(held, chunk.shape[0])
+    steps = [i for i, e in enumerate(events) if e[0] == "step"]
+    yields = [i for i, e in enumerate(events) if e[0] == "frames"]
+    assert len(steps) == 3 * FAST["steps"] and sum(events[i][1] for i in yields) == 3 * FRAMES_PER_CLIP
+    # the first clip's frames come out before the second clip's first step, and so on
+    assert yields[0] < steps[FAST["steps"]] and yields[-1] > steps[-1]
+    assert held <= FRAMES_PER_CLIP
+
+
+def test_paste_back_keeps_the_original_size(pipe, assets):
+    frames = pipe(assets["wide"], assets["speech"], paste_back=True, **FAST)
+    assert frames.shape == (25, 96, 136, 3)
+
+
+def test_cancel_leaves_no_file(pipe, assets, tmp_path):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 3
+
+    out = tmp_path / "cancelled.mp4"
+    with pytest.raises(SamplingCancelled):
+        pipe(assets["portrait"], assets["speech"], out=out, should_stop=should_stop, **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_guidance_needs_a_checkpoint_trained_with_dropout(assets):
+    plain = load_parts(assets["bundle"])[0]
+    guided, codec, encoder = load_parts(assets["guided"])
+    pipe = LetsTalkPipeline(guided, codec, encoder)
+    frames = pipe(assets["portrait"], assets["speech"], audio_cfg=2.0, portrait_cfg=1.5, **FAST)
+    assert torch.isfinite(frames).all()
+    conditions = pipe.prepare(assets["portrait"], assets["speech"])
+    with pytest.raises(ValueError, match="trained without condition dropout"):
+        iter_clip_latents(plain, conditions.portrait_latent, conditions.audio, audio_cfg=2.0)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"sampler": "plms"}, "sampler 'plms' is not known"),
+    ({"audio_cfg": -1.0}, "audio_cfg must be a finite number >= 0"),
+    ({"portrait_cfg": float("nan")}, "portrait_cfg must be a finite number >= 0"),
+    ({"portrait_cfg": "lots"}, "portrait_cfg must be a number"),
+])
+def test_bad_options_are_refused_by_name(pipe, assets, options, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(assets["portrait"], assets["speech"], **{**FAST, **options})
+
+
+def test_bad_inputs_are_refused_by_name(pipe, assets, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (48, 80)).save(tiny)
+    with pytest.raises(ValueError, match="64"):
+        pipe(tiny, assets["speech"], **FAST)
+    with pytest.raises(ValueError, match="shorter than one video frame"):
+        pipe(assets["portrait"], write_speech(tmp_path / "blip.wav", 0.01), **FAST)
+    with pytest.raises((ValueError, FileNotFoundError), match="no_such_folder"):
+        pipe(assets["portrait"], assets["speech"], out=tmp_path / "no_such_folder" / "x.mp4", **FAST)
+
+
+def test_vae_with_other_latent_channels_is_refused(assets, tmp_path):
+    from letstalk_core.latents import save_vae
+
+    wrong = save_vae(build_vae(tiny_vae_config(latent_channels=8), seed=0), tmp_path / "vae8.safetensors")
+    with pytest.raises(ValueError, match="8.*4|4.*8"):
+        load_parts(assets["bundle"], vae=wrong)
+
+
+def test_checkpoint_without_vae_asks_for_one(tmp_path):
+    bare = make_bundle(tmp_path / "bare.safetensors", with_vae=False)
+    with pytest.raises(ValueError, match="carries no VAE"):
+        load_parts(bare)
+
+
+def test_generate_cli(assets, tmp_path):
+    out = tmp_path / "cli.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "letstalk_core", "generate", "--checkpoint", str(assets["bundle"]),
+         "--image", str(assets["portrait"]), "--audio", str(assets["speech"]), "--out", str(out),
+         "--sampler", "ddim", "--steps", "2", "--seed", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert probe(out).frame_count == 25
+    assert len(read_video_frames(out)) == 25
+    bad = subprocess.run(
+        [sys.executable, "-m", "letstalk_core", "generate", "--checkpoint", str(assets["bundle"]),
+         "--image", str(assets["portrait"]), "--audio", str(assets["speech"]), "--out", str(out),
+         "--steps", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert bad.returncode != 0 and "steps must be an integer >= 1" in bad.stderr

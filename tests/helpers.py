@@ -1,0 +1,60 @@
+"""Small real artefacts the tests share: a tiny random LetsTalk bundle, speech-like audio, a portrait."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+
+from letstalk_core.checkpoints import save_checkpoint
+from letstalk_core.latents import build_vae, load_shipped_config, vae_bundle_entries
+from letstalk_core.model import AudioProjection, LetsTalkTransformer
+from letstalk_core.training.synthetic.face import render_face, sample_identity
+
+TINY_FRAMES_PER_CLIP = 4
+
+
+def tiny_vae_config(latent_channels: int = 4) -> dict:
+    config = load_shipped_config("demo_vae")
+    config.update(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, latent_channels=latent_channels)
+    return config
+
+
+def make_tiny_bundle(path: Path, *, condition_dropout: dict | None = None, with_vae: bool = True,
+                     seed: int = 0) -> Path:
+    """A random vdt_long bundle (64 px, 8x8x4 latents, clips of 4 frames, 2 memory frames, mel audio)."""
+    torch.manual_seed(seed)
+    model = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=32, depth=1,
+                                num_heads=2, audio_dim=16, sample_size=8, frames_per_clip=TINY_FRAMES_PER_CLIP,
+                                memory_frames=2)
+    projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
+                                 intermediate_dim=16, num_tokens=2, output_dim=16)
+    tensors, metadata = {}, {"audio_encoder_config": json.dumps({"type": "mel", "n_mels": 80})}
+    if with_vae:
+        tensors, vae_meta = vae_bundle_entries(build_vae(tiny_vae_config(), seed=seed))
+        metadata.update(vae_meta)
+    if condition_dropout is not None:
+        metadata["training"] = json.dumps({"condition_dropout": condition_dropout})
+    return save_checkpoint(path, model, projection, extra_tensors=tensors, extra_metadata=metadata)
+
+
+def write_speechlike(path: Path, seconds: float, sample_rate: int = 16000, channels: int = 1) -> Path:
+    """A voiced tone with a syllable-rate loudness envelope (what a mel encoder sees as speech)."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)
+    tone = envelope * (0.4 * np.sin(2 * np.pi * 180 * t) + 0.2 * np.sin(2 * np.pi * 720 * t))
+    sf.write(path, np.stack([tone] * channels, axis=1).astype(np.float32), sample_rate)
+    return path
+
+
+def write_portrait(path: Path, size: int = 96, seed: int = 7, extra_width: int = 0) -> Path:
+    """A synthetic face (the demo world's renderer), optionally widened to a non-square picture."""
+    face = render_face(sample_identity(seed), size=size)  # [size, size, 3] uint8
+    if extra_width:
+        face = np.concatenate([face, face[:, :extra_width]], axis=1)
+    Image.fromarray(face).save(path)
+    return path
