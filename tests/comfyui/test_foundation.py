@@ -1,0 +1,104 @@
+"""The pack inside a real ComfyUI: it imports cleanly, registers its nodes, and a workflow runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts import install_comfyui
+from scripts.comfy_harness import (PACK_NAME, ComfyNotFoundError, ComfyServer, ComfyValidationError,
+                                   comfyui_dir, port_is_free)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def declared_node_ids() -> set[str]:
+    """Every node id declared in the pack's source (``node_id="..."`` in nodes/*.py)."""
+    ids = set()
+    for path in (REPO / "nodes").glob("*.py"):
+        ids.update(re.findall(r'node_id\s*=\s*"([^"]+)"', path.read_text()))
+    return ids
+
+
+def pack_nodes(object_info: dict) -> dict:
+    return {name: info for name, info in object_info.items()
+            if info.get("python_module", "").endswith(PACK_NAME)}
+
+
+def test_pack_imports_without_error(comfy):
+    assert comfy.pack_import_problems() == [], comfy.pack_import_problems()
+    assert comfy.pack_imported(), "the pack is missing from ComfyUI's import table:\n" + comfy.log()[-3000:]
+
+
+def test_every_declared_node_is_registered_with_inputs_and_outputs(comfy_client):
+    declared = declared_node_ids()
+    assert declared, "no node_id found in nodes/*.py"
+    registered = pack_nodes(comfy_client.object_info())
+    assert set(registered) == declared
+    for name, info in registered.items():
+        assert info["category"].startswith("LetsTalk"), name
+        assert info["input"].get("required"), f"{name} has no required inputs"
+        assert info["output"], f"{name} has no outputs"
+        assert len(info["output"]) == len(info["output_name"]), name
+        for input_name, spec in info["input"]["required"].items():
+            options = spec[1] if len(spec) > 1 else {}
+            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_refused_workflow_names_node_and_input(comfy_client):
+    workflow = {"1": {"class_type": "LoadAudio", "inputs": {"audio": "no-such-file.wav"}},
+                "2": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}}}
+    with pytest.raises(ComfyValidationError) as info:
+        comfy_client.submit(workflow)
+    assert "node 1 (LoadAudio) input 'audio'" in str(info.value)
+    assert "1" in info.value.node_errors
+
+
+def test_comfyui_dir_that_is_not_comfyui_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFYUI_DIR", str(tmp_path))
+    with pytest.raises(ComfyNotFoundError, match=re.escape(str(tmp_path))):
+        comfyui_dir()
+
+
+def test_setup_refuses_a_comfyui_dir_that_is_not_comfyui_in_one_line(tmp_path):
+    env = dict(os.environ, COMFYUI_DIR=str(tmp_path))
+    result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path) in lines[0] and "not a ComfyUI folder" in lines[0], result.stderr
+
+
+def test_damaged_comfyui_copy_is_detected_and_repaired(tmp_path):
+    dest = tmp_path / "ComfyUI"
+    cache = REPO / ".comfyui" / "cache"
+    assert install_comfyui.install(dest, cache) == "installed"
+    assert install_comfyui.damaged_files(dest) == []
+    (dest / "execution.py").unlink()
+    (dest / "comfy" / "sd.py").write_text("# changed\n")
+    assert sorted(install_comfyui.damaged_files(dest)) == ["comfy/sd.py", "execution.py"]
+    result = install_comfyui.install(dest, cache)
+    assert result.startswith("repaired 2 file(s)")
+    assert install_comfyui.damaged_files(dest) == []
+    assert not (dest / "extra_model_paths.yaml").exists()
+
+
+def test_taken_port_moves_to_another_and_stop_leaves_nothing(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = busy.getsockname()[1]
+        with ComfyServer(tmp_path / "base", port=taken, startup_timeout=240) as server:
+            assert server.port != taken
+            assert server.client.system_stats()["system"]["comfyui_version"]
+            pid = server.process.pid
+            port = server.port
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert port_is_free(port)  # nothing listens there any more

@@ -1,0 +1,203 @@
+"""The bundled API workflow in real ComfyUI, with a tiny random bundle in models/letstalk/."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from letstalk_core.video import probe, read_video_frames
+from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
+from tests.helpers import make_tiny_bundle, write_portrait, write_speechlike
+
+REPO = Path(__file__).resolve().parents[2]
+BASIC = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy):
+    make_tiny_bundle(comfy.models_dir / "letstalk" / "tiny.safetensors")
+    write_portrait(comfy.input_dir / "face.png")
+    write_speechlike(comfy.input_dir / "talk.wav", 1.0, sample_rate=22050, channels=2)
+    return comfy
+
+
+def basic_workflow(**changes) -> dict:
+    workflow = copy.deepcopy(BASIC)
+    workflow["1"]["inputs"]["image"] = "face.png"
+    workflow["2"]["inputs"]["audio"] = "talk.wav"
+    workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
+    workflow["7"]["inputs"].update(sampler="ddim", steps=2)
+    for key, value in changes.items():
+        node, name = key.split("__")
+        workflow[node]["inputs"][name] = value
+    return workflow
+
+
+def saved_videos(comfy, outputs: dict) -> list[Path]:
+    files = []
+    for node_outputs in outputs.values():
+        for items in node_outputs.values():
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and item.get("type") == "output" and "filename" in item:
+                    files.append(comfy.default_output_dir / item["subfolder"] / item["filename"])
+    return files
+
+
+def test_basic_workflow_saves_a_talking_mp4(tiny):
+    outputs = tiny.client.run(basic_workflow(**{"10__filename_prefix": "letstalk/basic"}), timeout=600)
+    [video] = saved_videos(tiny, outputs)
+    info = probe(video)
+    assert info.frame_count == math.ceil(1.0 * 25)
+    assert info.has_audio
+    assert abs(info.audio_duration - info.frame_count / float(info.fps)) <= 1 / float(info.fps)
+    assert (info.width, info.height) == (64, 64)
+
+
+def test_same_seed_gives_identical_frames(tiny):
+    first = saved_videos(tiny, tiny.client.run(basic_workflow(**{"7__seed": 5, "10__filename_prefix": "a/x"})))
+    second = saved_videos(tiny, tiny.client.run(basic_workflow(**{"7__seed": 5, "10__filename_prefix": "b/x"})))
+    assert (read_video_frames(first[0]) == read_video_frames(second[0])).all()
+
+
+def test_paste_back_gives_frames_at_the_portrait_size(tiny):
+    write_portrait(tiny.input_dir / "wide.png", extra_width=40)
+    workflow = basic_workflow(**{"1__image": "wide.png", "8__paste_back": True, "10__filename_prefix": "paste/x"})
+    [video] = saved_videos(tiny, tiny.client.run(workflow))
+    assert (probe(video).width, probe(video).height) == (136, 96)
+
+
+@pytest.mark.parametrize("change,node,needle", [
+    ({"3__checkpoint": "missing.safetensors"}, "3", "checkpoint"),
+    ({"7__steps": 0}, "7", "steps"),
+    ({"7__sampler": "plms"}, "7", "sampler"),
+])
+def test_refused_inputs_name_node_and_input(tiny, change, node, needle):
+    with pytest.raises(ComfyValidationError) as info:
+        tiny.client.submit(basic_workflow(**change))
+    assert node in info.value.node_errors
+    assert needle in str(info.value)
+
+
+def test_failures_name_the_node_and_the_next_prompt_succeeds(tiny):
+    (tiny.models_dir / "letstalk" / "corrupt.safetensors").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ComfyExecutionError) as info:
+        tiny.client.run(basic_workflow(**{"3__checkpoint": "corrupt.safetensors"}))
+    assert info.value.node_type == "LoadLetsTalkModel"
+    assert "corrupt.safetensors" in info.value.exception_message
+
+    write_speechlike(tiny.input_dir / "blip.wav", 0.01)
+    with pytest.raises(ComfyExecutionError) as info:
+        tiny.client.run(basic_workflow(**{"2__audio": "blip.wav"}))
+    assert info.value.node_type == "LetsTalkEncodeAudio"
+    assert "shorter than one video frame" in info.value.exception_message
+
+    outputs = tiny.client.run(basic_workflow(**{"10__filename_prefix": "after/x"}))
+    assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
+
+
+@pytest.mark.parametrize("name", ["letstalk_basic", "letstalk_long_audio"])
+def test_ui_workflows_match_their_api_twins(tiny, name):
+    from scripts.workflow_ui import ui_to_api
+
+    ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+    api = json.loads((REPO / "workflows" / f"{name}_api.json").read_text())
+    converted = ui_to_api(ui, tiny.client.object_info())
+    assert {k: v["inputs"] for k, v in converted.items()} == {k: v["inputs"] for k, v in api.items()}
+
+
+def test_ui_workflow_converts_and_runs(tiny):
+    from scripts.workflow_ui import ui_to_api
+
+    ui = json.loads((REPO / "workflows" / "letstalk_basic.json").read_text())
+    converted = ui_to_api(ui, tiny.client.object_info())
+    converted["1"]["inputs"]["image"] = "face.png"
+    converted["2"]["inputs"]["audio"] = "talk.wav"
+    converted["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
+    converted["7"]["inputs"].update(sampler="ddim", steps=2)
+    converted["10"]["inputs"]["filename_prefix"] = "ui/x"
+    [video] = saved_videos(tiny, tiny.client.run(converted))
+    assert probe(video).frame_count == 25
+
+
+def test_unchanged_prompt_reruns_nothing(tiny):
+    workflow = basic_workflow(**{"7__seed": 11, "10__filename_prefix": "cache/x"})
+    tiny.client.run(workflow)
+    entry = tiny.client.wait(tiny.client.submit(workflow))
+    cached = [m[1]["nodes"] for m in entry["status"]["messages"] if m[0] == "execution_cached"]
+    assert cached and set(cached[0]) == set(workflow)
+
+
+def test_five_prompts_back_to_back(tiny):
+    ids = [tiny.client.submit(basic_workflow(**{"7__seed": 100 + i, "10__filename_prefix": f"q{i}/x"}))
+           for i in range(5)]
+    for prompt_id in ids:
+        entry = tiny.client.wait(prompt_id, timeout=600)
+        assert entry["status"]["status_str"] == "success"
+
+
+def test_interrupt_stops_sampling_and_the_next_prompt_succeeds(tiny):
+    import time
+
+    from scripts.comfy_harness import ComfyInterrupted
+
+    write_speechlike(tiny.input_dir / "long.wav", 8.0)
+    workflow = basic_workflow(**{"2__audio": "long.wav", "7__sampler": "ddpm", "7__steps": 400,
+                                 "10__filename_prefix": "interrupt/x"})
+    prompt_id = tiny.client.submit(workflow)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not tiny.client.queue()["queue_running"]:
+        time.sleep(0.1)
+    time.sleep(2.0)  # well inside sampling: 50 clips x 400 steps take minutes
+    tiny.client.interrupt()
+    stopped = time.monotonic()
+    with pytest.raises(ComfyInterrupted) as info:
+        tiny.client.wait(prompt_id, timeout=120)
+    assert time.monotonic() - stopped < 10
+    assert info.value.details.get("node_type") == "LetsTalkSampler"
+    outputs = tiny.client.run(basic_workflow(**{"10__filename_prefix": "after_interrupt/x"}))
+    assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
+
+
+def test_long_audio_workflow_streams_into_a_saved_mp4(tiny):
+    workflow = json.loads((REPO / "workflows" / "letstalk_long_audio_api.json").read_text())
+    write_speechlike(tiny.input_dir / "three_clips.wav", 0.46)  # 12 frames = 3 clips of 4
+    workflow["1"]["inputs"]["image"] = "face.png"
+    workflow["2"]["inputs"]["audio"] = "three_clips.wav"
+    workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
+    workflow["7"]["inputs"].update(sampler="euler", steps=2)
+    workflow["9"]["inputs"]["filename_prefix"] = "long/x"
+    [video] = saved_videos(tiny, tiny.client.run(workflow))
+    info = probe(video)
+    assert info.frame_count == 12 and info.has_audio
+    assert abs(info.audio_duration - 12 / 25) <= 1 / 25
+
+
+@pytest.mark.parametrize("latent_channels,works", [(4, True), (16, False)])
+def test_native_vae_from_vae_loader(tiny, latent_channels, works):
+    """A full-size SD-architecture VAE (random weights) through ComfyUI's own VAELoader."""
+    from safetensors.torch import save_file
+
+    from letstalk_core.latents import build_vae, load_shipped_config
+
+    name = f"sd_like_c{latent_channels}.safetensors"
+    config = dict(load_shipped_config("sd_vae"), latent_channels=latent_channels)
+    codec = build_vae(config, seed=1)
+    save_file({k: v.contiguous() for k, v in codec.vae.state_dict().items()}, tiny.models_dir / "vae" / name)
+    del codec
+    write_speechlike(tiny.input_dir / "short.wav", 0.2)  # 5 frames
+    workflow = basic_workflow(**{"2__audio": "short.wav", "10__filename_prefix": f"vae{latent_channels}/x"})
+    workflow["20"] = {"class_type": "VAELoader", "inputs": {"vae_name": name}}
+    workflow["6"]["inputs"]["vae"] = ["20", 0]
+    workflow["8"]["inputs"]["vae"] = ["20", 0]
+    if works:
+        assert probe(saved_videos(tiny, tiny.client.run(workflow))[0]).frame_count == 5
+    else:
+        with pytest.raises(ComfyExecutionError) as info:
+            tiny.client.run(workflow)
+        assert info.value.node_type == "LetsTalkPortraitCondition"
+        assert "vae" in info.value.exception_message and "16-channel" in info.value.exception_message
