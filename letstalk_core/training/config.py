@@ -1,0 +1,348 @@
+"""Training configuration: one YAML file, read into dataclasses with every key checked.
+
+Sections (all optional except where a preset leaves a value to fill in)::
+
+    name: demo                    # run name, used in messages and the checkpoint metadata
+    seed: 0
+    output_dir: runs/demo         # checkpoints, the resumable state, the trained VAE
+    stages: [vae, transformer]    # "vae" trains the demo VAE first; "transformer" the diffusion model
+    data:    {source, path, resolution, fps, use_cached_latents, cache_clip_latents, cache_videos, synthetic: {...}}
+    model:   {variant, size | hidden_size/depth/num_heads, patch_size, in_channels, frames_per_clip, memory_frames}
+    audio:   {encoder, n_mels, window_radius, intermediate_dim, num_tokens, output_dim}
+    vae:     {path, config, steps, batch_size, learning_rate, kl_weight, save_every}
+    training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
+               learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
+    recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
+              dropout: {audio, portrait, both}}
+
+Relative paths in the file are taken relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..model import OFFICIAL_SIZES, VARIANTS, audio_projection_config, transformer_config
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+STAGES = ("vae", "transformer")
+DATA_SOURCES = ("prepared", "synthetic")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class SyntheticConfig:
+    num_videos: int = 64  # identities rendered (on the fly) when no folder is given
+    seconds: float = 4.0
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "prepared" (shards from `prepare`) or "synthetic"
+    path: str | None = None  # prepared: the `prepare --out` folder; synthetic: a generated folder or None
+    resolution: int = 64
+    fps: int = 25
+    # prepared only: train on the latents cached by `prepare --vae` (faster; the reference and memory frames then
+    # get no pixel noise, only the latent-space memory corruption)
+    use_cached_latents: bool = False
+    cache_clip_latents: bool = False  # encode each video's clean frames once and keep the latents in memory
+    cache_videos: int = 64  # decoded/rendered videos kept in memory (mind their size: frames are uint8)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "vdt_long"
+    size: str | None = None  # S, B, L, XL; None: hidden_size/depth/num_heads below
+    hidden_size: int = 192
+    depth: int = 6
+    num_heads: int = 6
+    patch_size: int = 1
+    in_channels: int = 4
+    frames_per_clip: int = 8
+    memory_frames: int = 2
+
+
+@dataclass
+class AudioConfig:
+    encoder: str = "mel"  # "mel" or a wav2vec2/whisper folder or file
+    n_mels: int = 80
+    window_radius: int = 2  # windows of 2r+1 frames (official 5)
+    intermediate_dim: int = 512
+    num_tokens: int = 32
+    output_dim: int = 768
+
+
+@dataclass
+class VaeConfig:
+    path: str | None = None  # a VAE to use; None with the "vae" stage: the one that stage trains
+    config: str = "demo_vae"  # shipped diffusers config trained by the "vae" stage
+    steps: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    kl_weight: float = 1e-6
+    save_every: int = 500
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = 300_000
+    batch_size: int = 1  # per process
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    ema_decay: float = 0.9999
+    grad_clip: float | None = 0.1
+    grad_clip_after: int = 20_000  # optimiser steps before clipping starts
+    save_every: int = 5000
+    log_every: int = 50
+
+
+@dataclass
+class DropoutConfig:
+    audio: float = 0.05  # audio only dropped
+    portrait: float = 0.05  # portrait only dropped
+    both: float = 0.05  # both dropped
+
+
+@dataclass
+class RecipeConfig:
+    portrait_noise_log_mean: float = -3.0  # pixel noise sigma = exp(N(mean, std))
+    portrait_noise_log_std: float = 0.5
+    memory_max_timestep: int = 50  # memory latents diffused to t in [0, this)
+    memory_mask_fraction: float = 0.25  # spatial positions of the memory latents zeroed
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "letstalk"
+    seed: int = 0
+    output_dir: str = "runs/letstalk"
+    stages: list[str] = field(default_factory=lambda: ["transformer"])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+    # ---- derived ---------------------------------------------------------------------------------
+    def transformer_kwargs(self, audio_dim: int | None = None) -> dict:
+        """Constructor arguments of the ``LetsTalkTransformer`` to train."""
+        m = self.model
+        kwargs = transformer_config(m.variant, m.size or "S", patch_size=m.patch_size, in_channels=m.in_channels,
+                                    sample_size=latent_size_for(self), frames_per_clip=m.frames_per_clip,
+                                    memory_frames=m.memory_frames, audio_dim=audio_dim or self.audio.output_dim)
+        if m.size is None:
+            kwargs.update(hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads)
+        return kwargs
+
+    def audio_projection_kwargs(self, num_layers: int, feature_dim: int) -> dict:
+        a = self.audio
+        return audio_projection_config(num_layers=num_layers, feature_dim=feature_dim,
+                                       window_size=2 * a.window_radius + 1, intermediate_dim=a.intermediate_dim,
+                                       num_tokens=a.num_tokens, output_dim=a.output_dim)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def latent_size_for(config: TrainConfig, downscale_factor: int = 8) -> int:
+    """Latent side for the configured pixel resolution (the VAEs used here downscale by 8)."""
+    return config.data.resolution // downscale_factor
+
+
+# ---- reading and checking ------------------------------------------------------------------------
+def _build(cls, values: Any, where: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where!r} must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"config section {where!r} has unknown key(s) {unknown}; accepted: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+        elif name == "adam_betas":
+            if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                raise ValueError(f"{where}.adam_betas must be a list of two numbers, got {value!r}")
+            kwargs[name] = (float(value[0]), float(value[1]))
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _positive_int(value, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _rate(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Refuse impossible values with a message naming the key; returns the config."""
+    for stage in config.stages:
+        if stage not in STAGES:
+            raise ValueError(f"stages: unknown stage {stage!r}; accepted: {list(STAGES)}")
+    if not config.stages:
+        raise ValueError(f"stages must name at least one of {list(STAGES)}")
+    _positive_int(config.seed, "seed", 0)
+    d = config.data
+    if d.source not in DATA_SOURCES:
+        raise ValueError(f"data.source must be one of {list(DATA_SOURCES)}, got {d.source!r}")
+    if d.source == "prepared" and not d.path:
+        raise ValueError("data.source 'prepared' needs data.path (the folder written by `python -m letstalk_core prepare`)")
+    if d.use_cached_latents and d.source != "prepared":
+        raise ValueError("data.use_cached_latents works only with data.source 'prepared'")
+    if d.use_cached_latents and "vae" in config.stages:
+        raise ValueError("data.use_cached_latents cannot be combined with the 'vae' stage (the cached latents "
+                         "come from a fixed VAE)")
+    _positive_int(d.resolution, "data.resolution", 8)
+    if d.resolution % 8:
+        raise ValueError(f"data.resolution must be a multiple of 8 (the VAE downscale), got {d.resolution}")
+    _positive_int(d.fps, "data.fps")
+    _positive_int(d.synthetic.num_videos, "data.synthetic.num_videos")
+    _positive_int(d.cache_videos, "data.cache_videos")
+    m = config.model
+    if m.variant not in VARIANTS:
+        raise ValueError(f"model.variant must be one of {list(VARIANTS)}, got {m.variant!r}")
+    if m.size is not None and m.size not in OFFICIAL_SIZES:
+        raise ValueError(f"model.size must be one of {list(OFFICIAL_SIZES)} or null, got {m.size!r}")
+    for name in ("hidden_size", "depth", "num_heads", "patch_size", "in_channels", "frames_per_clip"):
+        _positive_int(getattr(m, name), f"model.{name}")
+    _positive_int(m.memory_frames, "model.memory_frames", 0)
+    if m.variant == "vdt" and m.memory_frames:
+        raise ValueError("model.memory_frames must be 0 for the 'vdt' variant")
+    if latent_size_for(config) % m.patch_size:
+        raise ValueError(f"data.resolution {d.resolution} gives {latent_size_for(config)}x{latent_size_for(config)} "
+                         f"latents, not divisible by model.patch_size {m.patch_size}")
+    a = config.audio
+    if not isinstance(a.encoder, str) or not a.encoder:
+        raise ValueError(f"audio.encoder must be 'mel' or a path, got {a.encoder!r}")
+    for name in ("n_mels", "intermediate_dim", "num_tokens", "output_dim"):
+        _positive_int(getattr(a, name), f"audio.{name}")
+    _positive_int(a.window_radius, "audio.window_radius", 0)
+    v = config.vae
+    for name in ("steps", "batch_size", "save_every"):
+        _positive_int(getattr(v, name), f"vae.{name}")
+    if "vae" not in config.stages and v.path is None and not d.use_cached_latents:
+        raise ValueError("vae.path is needed (the VAE whose latents the transformer learns), unless the 'vae' "
+                         "stage trains one or data.use_cached_latents is set")
+    t = config.training
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "save_every", "log_every"):
+        _positive_int(getattr(t, name), f"training.{name}")
+    _positive_int(t.grad_clip_after, "training.grad_clip_after", 0)
+    if t.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"training.mixed_precision must be one of {list(MIXED_PRECISION)}, got {t.mixed_precision!r}")
+    if not (isinstance(t.learning_rate, (int, float)) and t.learning_rate > 0):
+        raise ValueError(f"training.learning_rate must be a positive number, got {t.learning_rate!r}")
+    if not (isinstance(t.weight_decay, (int, float)) and t.weight_decay >= 0):
+        raise ValueError(f"training.weight_decay must be >= 0, got {t.weight_decay!r}")
+    _rate(t.ema_decay, "training.ema_decay")
+    if t.grad_clip is not None and not (isinstance(t.grad_clip, (int, float)) and t.grad_clip > 0):
+        raise ValueError(f"training.grad_clip must be a positive number or null, got {t.grad_clip!r}")
+    r = config.recipe
+    _positive_int(r.memory_max_timestep, "recipe.memory_max_timestep")
+    if r.memory_max_timestep > 1000:
+        raise ValueError(f"recipe.memory_max_timestep must be at most 1000, got {r.memory_max_timestep}")
+    _rate(r.memory_mask_fraction, "recipe.memory_mask_fraction")
+    if not (isinstance(r.portrait_noise_log_std, (int, float)) and r.portrait_noise_log_std >= 0):
+        raise ValueError(f"recipe.portrait_noise_log_std must be >= 0, got {r.portrait_noise_log_std!r}")
+    rates = r.dropout
+    for name in ("audio", "portrait", "both"):
+        _rate(getattr(rates, name), f"recipe.dropout.{name}")
+    if rates.audio + rates.portrait + rates.both > 1.0:
+        raise ValueError(f"recipe.dropout rates add up to {rates.audio + rates.portrait + rates.both:g} > 1")
+    return config
+
+
+def _resolve_paths(config: TrainConfig, base: Path) -> None:
+    def resolve(value):
+        if value is None or value == "mel":
+            return value
+        path = Path(os.path.expanduser(value))
+        return str(path if path.is_absolute() else (base / path))
+
+    config.output_dir = resolve(config.output_dir)
+    config.data.path = resolve(config.data.path)
+    config.audio.encoder = resolve(config.audio.encoder)
+    config.vae.path = resolve(config.vae.path)
+
+
+def config_from_dict(values: dict, *, base_dir: str | Path | None = None) -> TrainConfig:
+    """A checked :class:`TrainConfig` from a mapping (relative paths resolved against ``base_dir``)."""
+    config = _build(TrainConfig, values, "")
+    if base_dir is not None:
+        _resolve_paths(config, Path(base_dir))
+    return validate(config)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a YAML config file; ``overrides`` (nested dict) replace values before checking."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {str(path)!r} not found (give a YAML file, or --preset NAME; "
+                                f"presets: {', '.join(preset_names())})")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"training config {str(path)!r} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"training config {str(path)!r} must hold a mapping of sections, got {type(values).__name__}")
+    _merge(values, overrides or {})
+    return config_from_dict(values, base_dir=path.parent)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"preset {name!r} is not known; accepted: {', '.join(preset_names())}")
+    return path
+
+
+def load_preset(name: str, overrides: dict | None = None, *, base_dir: str | Path = ".") -> TrainConfig:
+    """A shipped preset; its relative paths (output_dir, data) are taken relative to ``base_dir``
+    (the working directory), not to the package."""
+    path = preset_path(name)
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    _merge(values, overrides or {})
+    return config_from_dict(values, base_dir=base_dir)
+
+
+def _merge(values: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            _merge(values[key], value)
+        else:
+            values[key] = value
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = config.to_dict()
+    values["training"]["adam_betas"] = list(values["training"]["adam_betas"])
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,279 @@
+"""Training data: video sources (prepared shards, the synthetic world) and clip sampling.
+
+A *source* gives whole videos as :class:`VideoRecord` (frames or cached latents, and per-frame audio
+features). :class:`ClipDataset` cuts a training sample out of a video: ``frames_per_clip`` consecutive
+frames, the ``memory_frames`` frames just before them (where the clip starts too early for that, the
+reference frame stands in, as at inference where the first clip's memory is the portrait), a
+reference (portrait) frame drawn from outside the clip, and the audio windows of the clip's frames.
+:class:`DataOrder` walks the videos in a fresh seeded permutation every epoch, so the order of a run
+depends only on its seed and the position in it, which makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from ..audio import MonoAudio, encode_audio, frame_windows
+from .prepare import SAMPLE_RATE, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoRecord:
+    name: str
+    audio_features: torch.Tensor  # [N, L, D]
+    frames: Optional[torch.Tensor] = None  # [N, S, S, 3] uint8
+    latents: Optional[torch.Tensor] = None  # [N, C, h, w]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.audio_features.shape[0])
+
+
+class _Cache:
+    """A small least-recently-used cache (of loaded videos, or of their latents)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, int(capacity))
+        self.items: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int, load):
+        if index in self.items:
+            self.items.move_to_end(index)
+            return self.items[index]
+        record = load(index)
+        self.items[index] = record
+        if len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+        return record
+
+
+class PreparedSource:
+    """The shards written by ``python -m letstalk_core prepare`` (pixels, or cached latents)."""
+
+    def __init__(self, folder: str | Path, *, use_latents: bool = False, resolution: int | None = None,
+                 cache_videos: int = 64):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.use_latents = bool(use_latents)
+        if self.use_latents and not self.manifest.get("vae"):
+            raise ValueError(f"{str(self.folder)!r} was prepared without --vae, so it has no cached latents; "
+                             "prepare it again with --vae PATH or set data.use_cached_latents: false")
+        if resolution is not None and self.manifest["size"] != resolution:
+            raise ValueError(f"{str(self.folder)!r} holds {self.manifest['size']} px frames but the config asks for "
+                             f"data.resolution {resolution}; prepare with --size {resolution} or change the config")
+        self.entries = list(self.manifest["videos"])
+        if not self.entries:
+            raise ValueError(f"{str(self.folder)!r} holds no prepared videos (see its manifest's 'skipped' list)")
+        encoder = self.manifest["audio_encoder"]
+        self.num_layers, self.feature_dim = int(encoder["num_layers"]), int(encoder["feature_dim"])
+        self.fps = int(self.manifest["fps"])
+        self._cache = _Cache(cache_videos)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def num_frames(self, index: int) -> int:
+        return int(self.entries[index]["num_frames"])
+
+    def load(self, index: int) -> VideoRecord:
+        return self._cache.get(index, self._load)
+
+    def _load(self, index: int) -> VideoRecord:
+        entry = self.entries[index]
+        path = self.folder / entry["shard"]
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {str(path)!r} of video {entry['name']!r} is missing; rerun prepare")
+        with safe_open(str(path), framework="pt") as shard:
+            features = shard.get_tensor("audio_features")  # [N, L, D]
+            if self.use_latents:
+                return VideoRecord(entry["name"], features, latents=shard.get_tensor("latents"))
+            return VideoRecord(entry["name"], features, frames=shard.get_tensor("frames"))
+
+
+class SyntheticSource:
+    """The synthetic talking-face world: videos of a folder written by ``generate_dataset`` (mp4 +
+    JSON), or, without a folder, videos rendered on the fly (no compression) from seeded identities."""
+
+    def __init__(self, encoder, *, resolution: int, fps: int = 25, folder: str | Path | None = None,
+                 num_videos: int = 64, seconds: float = 4.0, seed: int = 0, cache_videos: int = 512):
+        from .synthetic import sample_identity_seeds
+
+        self.encoder = encoder
+        self.resolution, self.fps, self.seconds = int(resolution), int(fps), float(seconds)
+        self.num_layers, self.feature_dim = encoder.num_layers, encoder.feature_dim
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is not None:
+            if not self.folder.is_dir():
+                raise FileNotFoundError(f"synthetic video folder {str(self.folder)!r} not found")
+            self.videos = sorted(self.folder.glob("*.mp4"))
+            if not self.videos:
+                raise ValueError(f"synthetic video folder {str(self.folder)!r} holds no .mp4 files "
+                                 "(make some with `python -m letstalk_core.training.synthetic OUT_DIR`)")
+            self.names = [p.name for p in self.videos]
+        else:
+            self.identities = sample_identity_seeds("train", num_videos, seed)
+            self.motion_seeds = [int(s) for s in np.random.default_rng([seed, 0x5EED]).integers(0, 2**31 - 1, num_videos)]
+            self.names = [f"synthetic identity {i}" for i in self.identities]
+        self._cache = _Cache(cache_videos)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def num_frames(self, index: int) -> int:
+        return self.load(index).num_frames
+
+    def load(self, index: int) -> VideoRecord:
+        return self._cache.get(index, self._load_folder if self.folder is not None else self._render)
+
+    def _features(self, samples: np.ndarray, sample_rate: int, name: str) -> torch.Tensor:
+        speech = MonoAudio(samples=torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
+                           sample_rate=sample_rate, source=name)
+        return encode_audio(speech, self.encoder, fps=self.fps).features  # [Na, L, D]
+
+    def _record(self, name: str, frames: torch.Tensor, features: torch.Tensor) -> VideoRecord:
+        count = min(int(frames.shape[0]), int(features.shape[0]))
+        return VideoRecord(name, features[:count].float(), frames=frames[:count])
+
+    def _load_folder(self, index: int) -> VideoRecord:
+        from ..video import decode_audio, read_video_frames
+
+        path = self.videos[index]
+        frames = torch.from_numpy(read_video_frames(path))  # [N, H, W, 3] uint8
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            fps = json.loads(sidecar.read_text()).get("fps", str(self.fps))
+            if str(fps) != str(self.fps):
+                raise ValueError(f"synthetic video {path.name} has {fps} fps, the config asks for data.fps {self.fps}")
+        if frames.shape[1] != self.resolution or frames.shape[2] != self.resolution:
+            pixels = frames.permute(0, 3, 1, 2).float()  # [N, 3, H, W]
+            pixels = F.interpolate(pixels, size=(self.resolution, self.resolution), mode="bicubic", antialias=True)
+            frames = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        samples, _ = decode_audio(path, SAMPLE_RATE, mono=True)  # [S, 1]
+        return self._record(path.name, frames, self._features(samples[:, 0], SAMPLE_RATE, f"audio of {path.name}"))
+
+    def _render(self, index: int) -> VideoRecord:
+        from .synthetic import animate_face, make_speech_track, render_face, sample_identity
+
+        identity = sample_identity(self.identities[index])
+        track = make_speech_track(self.seconds, seed=self.motion_seeds[index], split="train")
+        features = self._features(track.audio, track.sample_rate, self.names[index])  # [N, L, D]
+        motion = animate_face(track.audio, track.sample_rate, self.fps, seed=self.motion_seeds[index],
+                              num_frames=int(features.shape[0]))
+        frames = np.stack([render_face(identity, motion.pose(i), self.resolution) for i in range(len(motion))])
+        return self._record(self.names[index], torch.from_numpy(frames), features)  # frames [N, S, S, 3]
+
+
+@dataclass
+class ClipSample:
+    clip: torch.Tensor  # [F, 3, S, S] pixels in -1..1, or latents [F, C, h, w]
+    portrait: torch.Tensor  # [3, S, S] or [C, h, w]
+    memory: torch.Tensor  # [K, 3, S, S] or [K, C, h, w]
+    audio_windows: torch.Tensor  # [F, 2r+1, L, D]
+    video: str
+    video_index: int
+    start: int
+    reference_index: int
+
+
+def _as_pixels(frames: torch.Tensor) -> torch.Tensor:
+    return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [n, 3, S, S] in -1..1
+
+
+class ClipDataset:
+    """Training clips from a source (see the module docstring)."""
+
+    def __init__(self, source, *, frames_per_clip: int, memory_frames: int, window_radius: int = 2,
+                 use_latents: bool = False):
+        self.source = source
+        self.frames_per_clip, self.memory_frames = int(frames_per_clip), int(memory_frames)
+        self.window_radius = int(window_radius)
+        self.use_latents = bool(use_latents)
+        if len(source) == 0:
+            raise ValueError("the training data source holds no videos")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def sample(self, index: int, generator: torch.Generator) -> ClipSample:
+        record = self.source.load(index)
+        count, clip_length = record.num_frames, self.frames_per_clip
+        if count <= clip_length:
+            raise ValueError(f"video {record.name!r} has {count} frames; training needs more than frames_per_clip="
+                             f"{clip_length} (a reference frame must come from outside the clip)")
+        start = int(torch.randint(0, count - clip_length + 1, (1,), generator=generator))
+        # the reference frame comes from outside the clip and, where possible, outside its memory frames
+        outside = [i for i in range(count) if i < start - self.memory_frames or i >= start + clip_length]
+        if not outside:
+            outside = [i for i in range(count) if i < start or i >= start + clip_length]
+        reference = outside[int(torch.randint(0, len(outside), (1,), generator=generator))]
+        data = record.latents if self.use_latents else record.frames
+        convert = (lambda x: x.float()) if self.use_latents else _as_pixels
+        clip = convert(data[start:start + clip_length])  # [F, ...]
+        portrait = convert(data[reference:reference + 1])  # [1, ...]
+        memory_indices = list(range(start - self.memory_frames, start))
+        memory = torch.cat([portrait if i < 0 else convert(data[i:i + 1]) for i in memory_indices], dim=0) \
+            if memory_indices else clip[:0]  # [K, ...]
+        windows = frame_windows(record.audio_features, self.window_radius)[start:start + clip_length]  # [F, 2r+1, L, D]
+        return ClipSample(clip=clip, portrait=portrait[0], memory=memory, audio_windows=windows.float(),
+                          video=record.name, video_index=index, start=start, reference_index=reference)
+
+
+def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
+    return {
+        "clip": torch.stack([s.clip for s in samples]),  # [B, F, ...]
+        "portrait": torch.stack([s.portrait for s in samples]),  # [B, ...]
+        "memory": torch.stack([s.memory for s in samples]),  # [B, K, ...]
+        "audio_windows": torch.stack([s.audio_windows for s in samples]),  # [B, F, 2r+1, L, D]
+    }
+
+
+class DataOrder:
+    """Video index for every position of a run: epoch ``e`` is a permutation drawn from ``(seed, e)``."""
+
+    def __init__(self, num_items: int, seed: int):
+        if num_items < 1:
+            raise ValueError(f"DataOrder needs at least one item, got {num_items}")
+        self.num_items, self.seed = int(num_items), int(seed)
+        self._epoch, self._permutation = -1, None
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(int(position), self.num_items)
+        if epoch != self._epoch:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed * 65_537 + epoch)
+            self._epoch, self._permutation = epoch, torch.randperm(self.num_items, generator=generator)
+        return int(self._permutation[offset])
+
+
+def build_source(config, encoder):
+    """The source a :class:`~.config.TrainConfig` names."""
+    d = config.data
+    if d.source == "prepared":
+        source = PreparedSource(d.path, use_latents=d.use_cached_latents,
+                                resolution=None if d.use_cached_latents else d.resolution,
+                                cache_videos=d.cache_videos)
+        if source.fps != d.fps:
+            raise ValueError(f"{d.path!r} was prepared at {source.fps} fps, the config asks for data.fps {d.fps}")
+        if (source.num_layers, source.feature_dim) != (encoder.num_layers, encoder.feature_dim):
+            raise ValueError(f"{d.path!r} holds audio features of {source.num_layers} x {source.feature_dim} "
+                             f"(encoder {source.manifest['audio_encoder']['name']!r}) but audio.encoder "
+                             f"{config.audio.encoder!r} gives {encoder.num_layers} x {encoder.feature_dim}")
+        return source
+    s = d.synthetic
+    return SyntheticSource(encoder, resolution=d.resolution, fps=d.fps, folder=d.path, num_videos=s.num_videos,
+                           seconds=s.seconds, seed=s.seed, cache_videos=d.cache_videos)

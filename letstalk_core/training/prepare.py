@@ -1,0 +1,305 @@
+"""Preparation of real talking-head videos for training: ``python -m letstalk_core prepare``.
+
+For every video under ``--videos`` (mp4, mov, mkv, avi, webm; searched recursively):
+
+1. decode the frames with ffmpeg (imageio-ffmpeg), resampled to ``fps`` by ffmpeg's ``fps`` filter;
+2. find one stable square face crop for the whole video: faces are detected (MTCNN, as for portraits)
+   on about one frame per second, the crop is centred on the median face centre and sized from the
+   largest face (``margin`` of the face size added on every side); a video where no face is found is
+   skipped and reported, or centre-cropped when ``on_no_face="center"``;
+3. crop and resize every frame to ``size`` x ``size`` (uint8);
+4. extract the speech as 16 kHz mono and encode it with the audio encoder (``"mel"`` or a
+   wav2vec2/whisper folder/file) to per-frame features ``[N, L, D]``;
+5. optionally encode the frames with a VAE (``vae``) to latents ``[N, C, h, w]``.
+
+Each video becomes one shard ``shards/<index>.safetensors`` (``frames``, ``audio_features``, ``audio``,
+optionally ``latents``); ``manifest.json`` lists the shards and the videos that were skipped and why.
+Broken or face-less videos are reported, never fatal. The manifest is rewritten after every video, so
+an interrupted run resumes where it stopped: a rerun skips videos already in the manifest (and tries
+the skipped ones again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+SAMPLE_RATE = 16_000
+ON_NO_FACE = ("skip", "center")
+DETECTION_FPS = 1  # frames per second looked at by the face detector
+MAX_DETECTION_FRAMES = 16
+
+
+class VideoSkipped(Exception):
+    """A video that cannot be prepared (broken, no face, no audio, too short); the message says why."""
+
+
+@dataclass
+class PrepareReport:
+    prepared: list[str] = field(default_factory=list)  # newly prepared in this run
+    already: list[str] = field(default_factory=list)  # found in the manifest from an earlier run
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
+    manifest_path: Optional[Path] = None
+
+    def summary(self) -> str:
+        lines = [f"prepared {len(self.prepared)} video(s), {len(self.already)} already in the manifest, "
+                 f"skipped {len(self.skipped)}"]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+
+# ---- manifest ------------------------------------------------------------------------------------
+def read_manifest(out_dir: str | os.PathLike) -> dict:
+    """The manifest of a prepared folder (FileNotFoundError when the folder has none)."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} not found: {str(out_dir)!r} is not a folder written by "
+                                "`python -m letstalk_core prepare`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"manifest {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION or "videos" not in manifest:
+        raise ValueError(f"manifest {str(path)!r} is not a version-{MANIFEST_VERSION} prepare manifest")
+    return manifest
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump(value, stream, indent=1)
+    os.replace(temporary, path)
+
+
+def _save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+# ---- decoding and cropping -----------------------------------------------------------------------
+def _iter_frames(path: Path, fps: float, chunk_size: int = 32):
+    """uint8 chunks ``[n, H, W, 3]`` of the video resampled to ``fps`` by ffmpeg."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=["-vf", f"fps={fps:g}"])
+    try:
+        meta = next(reader)
+        width, height = meta["size"]
+        chunk = []
+        for raw in reader:
+            chunk.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3))
+            if len(chunk) == chunk_size:
+                yield np.stack(chunk)  # [chunk_size, H, W, 3]
+                chunk = []
+        if chunk:
+            yield np.stack(chunk)  # [rest, H, W, 3]
+    finally:
+        reader.close()
+
+
+def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, min_probability: float = 0.9):
+    """One square crop box for the whole video and whether it comes from a detected face."""
+    from ..latents import center_crop_box, detect_face, face_crop_box
+
+    frames = [frame for chunk in _iter_frames(path, DETECTION_FPS) for frame in chunk]
+    if not frames:
+        raise VideoSkipped("no decodable video frames")
+    if len(frames) > MAX_DETECTION_FRAMES:
+        picks = np.linspace(0, len(frames) - 1, MAX_DETECTION_FRAMES).round().astype(int)
+        frames = [frames[i] for i in picks]
+    height, width = frames[0].shape[:2]
+    boxes = []
+    if detector is not None and detector != "none":
+        for frame in frames:
+            box = detect_face(torch.from_numpy(frame).float() / 255.0, detector=detector, min_probability=min_probability)
+            if box is not None:
+                boxes.append(box)
+    if not boxes:
+        if on_no_face == "skip":
+            raise VideoSkipped(f"no face found in {len(frames)} sampled frame(s) "
+                               "(use on_no_face='center' / --on-no-face center to centre-crop instead)")
+        return center_crop_box((height, width)), False
+    centre_x = statistics.median((b[0] + b[2]) / 2 for b in boxes)
+    centre_y = statistics.median((b[1] + b[3]) / 2 for b in boxes)
+    side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)  # the largest face, so head motion stays inside
+    face = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
+    return face_crop_box(face, (height, width), margin=margin, fit="shift"), True
+
+
+def crop_frames(path: Path, crop_box, size: int, fps: float) -> torch.Tensor:
+    """All frames of the video at ``fps``, cropped to ``crop_box`` and resized -> uint8 ``[N, size, size, 3]``."""
+    from ..latents import crop_and_resize
+
+    out = []
+    for chunk in _iter_frames(path, fps):
+        for frame in chunk:
+            pixels = crop_and_resize(torch.from_numpy(frame).float() / 255.0, crop_box, size)  # [1, 3, S, S] -1..1
+            out.append(((pixels[0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    if not out:
+        raise VideoSkipped("no decodable video frames")
+    return torch.stack(out)  # [N, S, S, 3]
+
+
+# ---- one video -----------------------------------------------------------------------------------
+def prepare_video(path: Path, *, fps: int, size: int, encoder, codec, detector, margin: float, on_no_face: str,
+                  min_frames: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors of one shard and its manifest entry; raises :class:`VideoSkipped` for unusable videos."""
+    from ..audio import MonoAudio, encode_audio
+    from ..video import decode_audio
+
+    try:
+        samples, _ = decode_audio(path, SAMPLE_RATE, mono=True)  # [S, 1]
+    except ValueError as error:
+        if "no streams" in str(error):
+            raise VideoSkipped(f"broken file: ffmpeg finds no streams in it ({error})") from None
+        raise VideoSkipped(f"no audio: {error}") from None
+    except RuntimeError as error:
+        raise VideoSkipped(f"broken file: {str(error).strip().splitlines()[-1]}") from None
+    try:
+        crop_box, face_detected = stable_crop_box(path, detector, margin=margin, on_no_face=on_no_face)
+        frames = crop_frames(path, crop_box, size, fps)  # [N, S, S, 3]
+    except (RuntimeError, OSError, StopIteration) as error:
+        raise VideoSkipped(f"broken file: {str(error).strip().splitlines()[-1] if str(error) else type(error).__name__}") from None
+    speech = MonoAudio(samples=torch.from_numpy(samples[:, 0]).contiguous(), sample_rate=SAMPLE_RATE,
+                       source=f"audio of {path.name}")
+    if speech.num_samples * fps < SAMPLE_RATE:
+        raise VideoSkipped(f"audio track shorter than one frame ({speech.seconds * 1000:.0f} ms)")
+    features = encode_audio(speech, encoder, fps=fps)  # AudioFeatures, [Na, L, D]
+    num_frames = min(int(frames.shape[0]), features.num_frames)
+    if num_frames < min_frames:
+        raise VideoSkipped(f"only {num_frames} frame(s) with both video and audio at {fps} fps; "
+                           f"at least {min_frames} are needed")
+    frames = frames[:num_frames]
+    tensors = {
+        "frames": frames,  # [N, S, S, 3] uint8
+        "audio_features": features.features[:num_frames].float(),  # [N, L, D]
+        "audio": speech.samples[: math.ceil(num_frames * SAMPLE_RATE / fps)].float(),  # [T] 16 kHz mono
+    }
+    if codec is not None:
+        pixels = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N, 3, S, S] in -1..1
+        tensors["latents"] = codec.encode(pixels).float().cpu()  # [N, C, h, w]
+    entry = {
+        "num_frames": num_frames,
+        "crop_box": [int(v) for v in crop_box],
+        "face_detected": bool(face_detected),
+    }
+    return tensors, entry
+
+
+def find_videos(videos_dir: Path) -> list[Path]:
+    if not videos_dir.is_dir():
+        raise FileNotFoundError(f"videos folder {str(videos_dir)!r} not found (give a folder of talking-head videos)")
+    return sorted(p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def _encoder_description(name: str, encoder) -> dict:
+    return {"name": name, "source": encoder.source, "num_layers": encoder.num_layers, "feature_dim": encoder.feature_dim,
+            **({"n_mels": encoder.n_mels} if getattr(encoder, "kind", None) == "mel" else {})}
+
+
+def prepare_dataset(
+    videos_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    fps: int = 25,
+    size: int = 256,
+    audio_encoder: str = "mel",
+    vae: str | os.PathLike | None = None,
+    on_no_face: str = "skip",
+    detector: Any = "mtcnn",
+    margin: float = 0.5,
+    min_frames: int = 2,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> PrepareReport:
+    """Prepare every video under ``videos_dir`` into ``out_dir`` (see the module docstring).
+
+    ``detector``: "mtcnn", "none" (centre crop for all, needs ``on_no_face="center"``) or a callable
+    ``uint8 [H, W, 3] -> [((x0, y0, x1, y1), probability), ...]``. ``progress(done, total, name)`` is
+    called after each video.
+    """
+    from ..audio import load_audio_encoder
+    from ..latents import load_vae
+
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise ValueError(f"fps must be a positive integer frame rate, got {fps!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8:
+        raise ValueError(f"size must be an integer >= 8 and a multiple of 8 (the VAE downscale), got {size!r}")
+    if on_no_face not in ON_NO_FACE:
+        raise ValueError(f"on_no_face must be one of {list(ON_NO_FACE)}, got {on_no_face!r}")
+    if (detector is None or detector == "none") and on_no_face == "skip":
+        raise ValueError("detector 'none' finds no faces, so every video would be skipped; pass on_no_face='center'")
+    videos_dir, out_dir = Path(videos_dir), Path(out_dir)
+    videos = find_videos(videos_dir)
+    encoder = load_audio_encoder(audio_encoder)
+    codec = load_vae(vae) if vae is not None else None
+    settings = {
+        "fps": fps, "size": size, "audio_sample_rate": SAMPLE_RATE,
+        "audio_encoder": _encoder_description(str(audio_encoder), encoder),
+        "vae": None if vae is None else str(Path(vae).resolve()),
+        "latent_channels": None if codec is None else codec.latent_channels,
+        "scaling_factor": None if codec is None else codec.scaling_factor,
+        "on_no_face": on_no_face, "margin": margin,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "shards").mkdir(exist_ok=True)
+    manifest_path = out_dir / MANIFEST_NAME
+    if manifest_path.exists():
+        manifest = read_manifest(out_dir)
+        for key in ("fps", "size", "audio_encoder", "vae"):
+            if manifest.get(key) != settings[key]:
+                raise ValueError(f"{str(out_dir)!r} was prepared with {key}={manifest.get(key)!r}, this run asks for "
+                                 f"{settings[key]!r}; use another --out folder or the same settings to resume")
+    else:
+        manifest = {"version": MANIFEST_VERSION, **settings, "videos": [], "skipped": []}
+    done = {entry["name"] for entry in manifest["videos"] if (out_dir / entry["shard"]).is_file()}
+    manifest["videos"] = [entry for entry in manifest["videos"] if entry["name"] in done]
+    manifest["skipped"] = []
+    report = PrepareReport(manifest_path=manifest_path)
+    next_index = max((int(Path(e["shard"]).stem) for e in manifest["videos"]), default=-1) + 1
+    for position, video in enumerate(videos):
+        name = video.relative_to(videos_dir).as_posix()
+        if name in done:
+            report.already.append(name)
+        else:
+            try:
+                tensors, entry = prepare_video(video, fps=fps, size=size, encoder=encoder, codec=codec,
+                                               detector=detector, margin=margin, on_no_face=on_no_face,
+                                               min_frames=min_frames)
+            except VideoSkipped as reason:
+                logger.warning("skipping %s: %s", name, reason)
+                report.skipped.append((name, str(reason)))
+                manifest["skipped"].append({"name": name, "reason": str(reason)})
+            else:
+                shard = f"shards/{next_index:06d}.safetensors"
+                next_index += 1
+                _save_shard(out_dir / shard, tensors, {"video": name, "fps": str(fps)})
+                manifest["videos"].append({"name": name, "shard": shard, **entry})
+                report.prepared.append(name)
+            _write_json_atomic(manifest_path, manifest)
+        if progress is not None:
+            progress(position + 1, len(videos), name)
+    _write_json_atomic(manifest_path, manifest)
+    return report

@@ -1,0 +1,553 @@
+"""The trainer: ``python -m letstalk_core train --config CONFIG.yaml [--resume]``, on Hugging Face accelerate.
+
+The same code runs on a CPU, one GPU, or many GPUs (``accelerate launch -m letstalk_core train ...``),
+with mixed precision, gradient accumulation and the model's gradient checkpointing from the config.
+
+Stages (``stages`` in the config):
+
+* ``vae``: fits the small demo VAE (diffusers ``AutoencoderKL``, config from ``latents/configs``) on
+  frames of the training videos (pixel MSE + a small KL term), then sets its latent scaling factor to
+  1 / std of its latents, and saves ``<output_dir>/vae/vae.safetensors``.
+* ``transformer``: the LetsTalk diffusion transformer and its audio projection with the authors' recipe
+  (see :mod:`.recipe` and :mod:`.losses`): AdamW, EMA of the weights, grad-norm clipping after a
+  warm-up, condition dropout for guidance.
+
+Outputs in ``output_dir``: ``checkpoints/step_XXXXXXX.safetensors`` and ``letstalk.safetensors`` (the
+project format through ``save_checkpoint``, EMA weights, with the VAE and the audio encoder's config
+bundled when known) and ``training_state.pt`` / ``vae_state.pt``: everything needed to resume (raw and
+EMA weights, optimiser, step), tensors and plain values only, read back with ``weights_only=True``.
+Every random draw of a step comes from a generator seeded by (seed, step, process), and the data order
+from (seed, epoch), so a resumed run continues the loss curve of an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import save_checkpoint
+from ..model import AudioProjection, LetsTalkTransformer
+from .config import TrainConfig, save_config
+from .data import ClipDataset, DataOrder, _Cache, build_source, collate
+from .losses import DiffusionSchedule, diffusion_loss
+from .recipe import (
+    add_pixel_noise,
+    apply_condition_dropout,
+    corrupt_memory_latents,
+    draw_condition_dropout,
+    pixel_noise_sigmas,
+    step_generator,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+TRANSFORMER_STATE = "training_state.pt"
+VAE_STATE = "vae_state.pt"
+FINAL_CHECKPOINT = "letstalk.safetensors"
+TRAINED_VAE = Path("vae") / "vae.safetensors"
+
+
+def _atomic_torch_save(value, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(value, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def load_training_state(path: str | Path) -> dict:
+    """A resumable state file (tensors and plain values only, read with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training state {str(path)!r} not found; nothing to resume (run without --resume)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a version-{STATE_FORMAT} LetsTalk training state")
+    return state
+
+
+def _make_accelerator(config: TrainConfig, accumulation: int):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=config.training.mixed_precision, gradient_accumulation_steps=accumulation)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+
+
+def _progress_bar(accelerator, total: int, initial: int, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, disable=not (enabled and accelerator.is_main_process),
+                dynamic_ncols=True)
+
+
+# ==================================================================================================
+class TransformerTrainer:
+    """Trains ``LetsTalkTransformer`` + ``AudioProjection`` (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, show_progress: bool = True,
+                 accelerator=None, codec=None, source=None, encoder=None):
+        from diffusers.training_utils import EMAModel
+
+        from ..audio import load_audio_encoder
+        from ..latents import check_latent_channels, load_vae
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        t = config.training
+        self.accelerator = accelerator or _make_accelerator(config, t.gradient_accumulation_steps)
+        self.show_progress = show_progress
+        self.encoder = encoder or load_audio_encoder(config.audio.encoder, n_mels=config.audio.n_mels)
+        self.source = source if source is not None else build_source(config, self.encoder)
+        self.use_latents = config.data.use_cached_latents
+        self.dataset = ClipDataset(self.source, frames_per_clip=config.model.frames_per_clip,
+                                   memory_frames=config.model.memory_frames, window_radius=config.audio.window_radius,
+                                   use_latents=self.use_latents)
+        self.order = DataOrder(len(self.dataset), config.seed)
+        self.schedule = DiffusionSchedule.training()
+
+        self.vae_path = self._vae_path()
+        if codec is None and self.vae_path is not None:
+            codec = load_vae(self.vae_path, device=self.accelerator.device)
+        self.codec = codec
+        if self.codec is not None:
+            check_latent_channels(self.codec.latent_channels, config.model.in_channels,
+                                  vae_name=f"VAE {self.vae_path}", model_name="model.in_channels")
+        elif not self.use_latents:
+            raise ValueError("training on pixels needs a VAE: set vae.path or add the 'vae' stage")
+
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed only
+        self.model = LetsTalkTransformer(**config.transformer_kwargs())
+        self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
+                                                                            self.encoder.feature_dim))
+        if t.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        parameters = list(self.model.parameters()) + list(self.audio_proj.parameters())
+        self.optimizer = torch.optim.AdamW(parameters, lr=t.learning_rate, betas=t.adam_betas,
+                                           weight_decay=t.weight_decay)
+        self.ema = EMAModel(parameters, decay=t.ema_decay)
+        self.step = 0  # optimiser steps done
+        self.micro_step = 0  # batches seen by this process (steps x accumulation)
+        self.last_losses: list[float] = []
+        self._latent_cache = _Cache(config.data.cache_videos)  # video index -> clean latents [N, C, h, w]
+        if resume:
+            self._load_state(load_training_state(self.output_dir / TRANSFORMER_STATE))
+        self.model, self.audio_proj, self.optimizer = self.accelerator.prepare(self.model, self.audio_proj, self.optimizer)
+        self.ema.to(self.accelerator.device)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _vae_path(self) -> Optional[str]:
+        if self.config.vae.path is not None:
+            return self.config.vae.path
+        if "vae" in self.config.stages:
+            path = self.output_dir / TRAINED_VAE
+            if not path.is_file():
+                raise FileNotFoundError(f"the 'vae' stage's VAE {str(path)!r} is not there yet; run the 'vae' stage first")
+            return str(path)
+        if self.use_latents:  # the VAE the latents were cached with, for the bundle only (may be gone)
+            path = self.source.manifest.get("vae")
+            return path if path and Path(path).exists() else None
+        return None
+
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters()) + list(self.audio_proj.parameters())
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.audio_proj.load_state_dict(state["audio_proj"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.step, self.micro_step = int(state["step"]), int(state["micro_step"])
+        order = state.get("data_order", {})
+        if order.get("num_items") not in (None, self.order.num_items):
+            logger.warning("the training data had %s videos when the state was saved and has %d now; the data "
+                           "order from here on differs from the interrupted run's", order["num_items"],
+                           self.order.num_items)
+        if int(state["seed"]) != self.config.seed:
+            raise ValueError(f"the training state was made with seed {state['seed']}, the config says "
+                             f"{self.config.seed}; resume with the same config")
+        if "scaler" in state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+
+    def state_dict(self) -> dict:
+        unwrap = self.accelerator.unwrap_model
+        ema = self.ema.state_dict()
+        ema = {**ema, "shadow_params": [p.detach().to("cpu").clone() for p in ema["shadow_params"]]}
+        state = {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "micro_step": self.micro_step,
+            "seed": self.config.seed,
+            "model": _cpu_state(unwrap(self.model)),
+            "audio_proj": _cpu_state(unwrap(self.audio_proj)),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": ema,
+            "data_order": {"seed": self.order.seed, "num_items": self.order.num_items, "position": self.micro_step},
+        }
+        if self.accelerator.scaler is not None:
+            state["scaler"] = self.accelerator.scaler.state_dict()
+        return state
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode(pixels.to(self.accelerator.device)).to(self.accelerator.device)
+
+    # ---- one step --------------------------------------------------------------------------------
+    def _video_latents(self, index: int) -> torch.Tensor:
+        """Latents of all clean frames of video ``index`` ``[N, C, h, w]``, encoded once (cache_clip_latents)."""
+        def encode(video_index: int) -> torch.Tensor:
+            frames = self.source.load(video_index).frames  # [N, S, S, 3] uint8
+            pixels = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [N, 3, S, S]
+            return self.codec.encode(pixels.to(self.accelerator.device)).cpu()
+
+        return self._latent_cache.get(index, encode)
+
+    def _batch(self, micro_step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        acc = self.accelerator
+        batch_size = self.config.training.batch_size
+        first = (micro_step * acc.num_processes + acc.process_index) * batch_size
+        samples = [self.dataset.sample(self.order.index(first + i), generator) for i in range(batch_size)]
+        batch = collate(samples)
+        if self.config.data.cache_clip_latents and not self.use_latents:
+            length = self.config.model.frames_per_clip
+            batch["clip_latents"] = torch.stack(
+                [self._video_latents(s.video_index)[s.start:s.start + length] for s in samples])  # [B, F, C, h, w]
+        return batch
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        """The training loss of one batch (the recipe of :mod:`.recipe`), a :class:`DiffusionLoss`."""
+        cfg, device = self.config, self.accelerator.device
+        r = cfg.recipe
+        clip = batch["clip"]
+        batch_size = clip.shape[0]
+        if self.use_latents:
+            latents = clip.to(device)  # [B, F, C, h, w]
+            portrait_latents = batch["portrait"].to(device)  # [B, C, h, w]
+            memory_clean = batch["memory"].to(device)  # [B, K, C, h, w]
+        else:
+            if "clip_latents" in batch:
+                latents = batch["clip_latents"].to(device)  # [B, F, C, h, w]
+            else:
+                latents = self._encode(clip)  # [B, F, C, h, w]
+            sigmas = pixel_noise_sigmas(batch_size, generator, r.portrait_noise_log_mean, r.portrait_noise_log_std)
+            portrait_latents = self._encode(add_pixel_noise(batch["portrait"], sigmas, generator))  # [B, C, h, w]
+            memory_clean = None
+            if cfg.model.memory_frames:
+                sigmas = pixel_noise_sigmas(batch_size, generator, r.portrait_noise_log_mean, r.portrait_noise_log_std)
+                memory_clean = self._encode(add_pixel_noise(batch["memory"], sigmas, generator))  # [B, K, C, h, w]
+        memory_latents = None
+        if cfg.model.memory_frames:
+            memory_latents = corrupt_memory_latents(memory_clean, self.schedule, generator,
+                                                    max_timestep=r.memory_max_timestep,
+                                                    mask_fraction=r.memory_mask_fraction).latents
+        choice = draw_condition_dropout(batch_size, generator, audio=r.dropout.audio, portrait=r.dropout.portrait,
+                                        both=r.dropout.both)
+        audio_windows, portrait_latents = apply_condition_dropout(choice, batch["audio_windows"].to(device),
+                                                                  portrait_latents)
+        timesteps = torch.randint(0, self.schedule.num_timesteps, (batch_size,), generator=generator)  # [B]
+        noise = torch.randn(latents.shape, generator=generator).to(latents)  # [B, F, C, h, w]
+        timesteps = timesteps.to(device)
+        noisy = self.schedule.q_sample(latents, timesteps, noise)
+        audio_tokens = self.audio_proj(audio_windows)  # [B, F, M, D]
+        output = self.model(noisy, timesteps, portrait_latents, audio_tokens, memory_latents)  # [B, F, 2C, h, w]
+        return diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps)
+
+    def train_step(self) -> Optional[float]:
+        """One batch; returns the loss of the batch. The optimiser steps every
+        ``gradient_accumulation_steps`` batches (``self.step`` counts those)."""
+        acc, t = self.accelerator, self.config.training
+        generator = step_generator(self.config.seed, self.micro_step, acc.process_index)
+        batch = self._batch(self.micro_step, generator)
+        self.model.train()
+        self.audio_proj.train()
+        with acc.accumulate(self.model, self.audio_proj):
+            loss = self.compute_loss(batch, generator)
+            acc.backward(loss.loss)
+            if acc.sync_gradients and t.grad_clip is not None and self.step >= t.grad_clip_after:
+                acc.clip_grad_norm_(self._parameters(), t.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.micro_step += 1
+        if acc.sync_gradients:
+            self.step += 1
+            self.ema.step(self._parameters())
+        value = float(loss.loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the training loss became {value} at step {self.step}; lower "
+                                     "training.learning_rate or enable training.grad_clip")
+        return value
+
+    # ---- saving ----------------------------------------------------------------------------------
+    def training_metadata(self) -> dict:
+        cfg = self.config
+        rates = cfg.recipe.dropout
+        return {
+            "condition_dropout": {"audio": rates.audio, "portrait": rates.portrait, "both": rates.both},
+            "step": self.step,
+            "name": cfg.name,
+            "ema_decay": cfg.training.ema_decay,
+            "learning_rate": cfg.training.learning_rate,
+            "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps * self.accelerator.num_processes,
+            "resolution": cfg.data.resolution,
+            "fps": cfg.data.fps,
+            "recipe": {"portrait_noise_log_mean": cfg.recipe.portrait_noise_log_mean,
+                       "portrait_noise_log_std": cfg.recipe.portrait_noise_log_std,
+                       "memory_max_timestep": cfg.recipe.memory_max_timestep,
+                       "memory_mask_fraction": cfg.recipe.memory_mask_fraction},
+        }
+
+    def audio_encoder_config(self) -> dict:
+        a = self.config.audio
+        encoder = {"type": getattr(self.encoder, "kind", "unknown"), "num_layers": self.encoder.num_layers,
+                   "feature_dim": self.encoder.feature_dim, "window_radius": a.window_radius, "fps": self.config.data.fps}
+        if a.encoder == "mel":
+            encoder["n_mels"] = a.n_mels
+        else:
+            encoder["source"] = a.encoder
+        return encoder
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """The project-format checkpoint with the EMA weights (VAE bundled when known)."""
+        from ..latents import load_vae, vae_bundle_entries
+
+        path = Path(path) if path is not None else self.output_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
+        model, audio_proj = self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.audio_proj)
+        extra_tensors, extra_metadata = {}, {"training": self.training_metadata(),
+                                             "audio_encoder_config": self.audio_encoder_config()}
+        codec = self.codec if self.codec is not None else (load_vae(self.vae_path) if self.vae_path else None)
+        if codec is not None:
+            extra_tensors, vae_metadata = vae_bundle_entries(codec)
+            extra_metadata.update(vae_metadata)
+        parameters = self._parameters()
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        try:
+            save_checkpoint(path, model, audio_proj, extra_tensors=extra_tensors, extra_metadata=extra_metadata)
+        finally:
+            self.ema.restore(parameters)
+        return path
+
+    def save(self) -> Optional[Path]:
+        """Checkpoint + resumable state (main process only); returns the checkpoint path."""
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            path = self.save_checkpoint()
+            _atomic_torch_save(self.state_dict(), self.output_dir / TRANSFORMER_STATE)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def train(self, max_steps: Optional[int] = None, *, on_step: Optional[Callable[[int, float], None]] = None) -> Path:
+        """Train until ``max_steps`` optimiser steps (default ``training.max_steps``); saves every
+        ``save_every`` steps and at the end; returns the final checkpoint (also copied to
+        ``letstalk.safetensors``)."""
+        t = self.config.training
+        max_steps = t.max_steps if max_steps is None else int(max_steps)
+        if self.accelerator.is_main_process:
+            save_config(self.config, self.output_dir / "config.yaml")
+        bar = _progress_bar(self.accelerator, max_steps, self.step, f"train {self.config.name}", self.show_progress)
+        running = None
+        try:
+            while self.step < max_steps:
+                before = self.step
+                value = self.train_step()
+                self.last_losses.append(value)
+                running = value if running is None else 0.98 * running + 0.02 * value
+                if on_step is not None:
+                    on_step(self.step, value)
+                if self.step != before:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", avg=f"{running:.4f}")
+                    if self.step % t.log_every == 0:
+                        logger.info("step %d loss %.5f (running %.5f)", self.step, value, running)
+                    if self.step % t.save_every == 0 and self.step < max_steps:
+                        self.save()
+        finally:
+            bar.close()
+        path = self.save()
+        if self.accelerator.is_main_process and path is not None:
+            final = self.output_dir / FINAL_CHECKPOINT
+            self.save_checkpoint(final)
+            path = final
+        return path
+
+
+# ==================================================================================================
+class VaeTrainer:
+    """Fits the small demo VAE (diffusers ``AutoencoderKL``) on single frames of the training videos."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, show_progress: bool = True, accelerator=None,
+                 source=None):
+        from ..audio import load_audio_encoder
+        from ..latents import build_vae, load_shipped_config
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = accelerator or _make_accelerator(config, 1)
+        self.show_progress = show_progress
+        encoder = load_audio_encoder(config.audio.encoder, n_mels=config.audio.n_mels)
+        self.source = source if source is not None else build_source(config, encoder)
+        self.order = DataOrder(len(self.source), config.seed + 1)
+        vae_config = load_shipped_config(config.vae.config)
+        vae_config["sample_size"] = config.data.resolution
+        if vae_config.get("latent_channels") != config.model.in_channels:
+            raise ValueError(f"vae.config {config.vae.config!r} has {vae_config.get('latent_channels')} latent channels "
+                             f"but model.in_channels is {config.model.in_channels}")
+        self.codec = build_vae(vae_config, kind="demo_vae" if config.vae.config == "demo_vae" else None, seed=config.seed)
+        self.vae = self.codec.vae
+        self.vae.train().requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=config.vae.learning_rate, weight_decay=0.0)
+        self.step = 0
+        if resume:
+            state = load_training_state(self.output_dir / VAE_STATE)
+            self.vae.load_state_dict(state["vae"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+        self.model, self.optimizer = self.accelerator.prepare(_VaeReconstruction(self.vae), self.optimizer)
+
+    def _frames(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        acc, size = self.accelerator, self.config.vae.batch_size
+        first = (step * acc.num_processes + acc.process_index) * size
+        frames = []
+        for i in range(size):
+            record = self.source.load(self.order.index(first + i))
+            index = int(torch.randint(0, record.num_frames, (1,), generator=generator))
+            frames.append(record.frames[index])
+        pixels = torch.stack(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, S, S]
+        flip = torch.rand(size, generator=generator) < 0.5  # mirror half of the frames: more variety
+        return torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+
+    def train_step(self) -> float:
+        acc = self.accelerator
+        generator = step_generator(self.config.seed, self.step, acc.process_index, stream=1)
+        pixels = self._frames(self.step, generator).to(acc.device)  # [B, 3, S, S]
+        latent_shape = (pixels.shape[0], self.config.model.in_channels,
+                        pixels.shape[2] // self.codec.downscale_factor, pixels.shape[3] // self.codec.downscale_factor)
+        eps = torch.randn(latent_shape, generator=generator).to(pixels)  # [B, C, h, w]
+        reconstruction, kl = self.model(pixels, eps)
+        mse = F.mse_loss(reconstruction.float(), pixels)
+        loss = mse + self.config.vae.kl_weight * kl.float().mean()
+        acc.backward(loss)
+        acc.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        value = float(mse.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the VAE loss became {value} at step {self.step}; lower vae.learning_rate")
+        return value
+
+    @torch.no_grad()
+    def latent_std(self, num_frames: int = 64) -> float:
+        """Standard deviation of the (unscaled) latent means over frames spread across the videos."""
+        generator = step_generator(self.config.seed, 0, 0, stream=2)
+        vae = self.vae.eval()
+        frames = []
+        for i in range(num_frames):
+            record = self.source.load(i % len(self.source))
+            index = int(torch.randint(0, record.num_frames, (1,), generator=generator))
+            frames.append(record.frames[index])
+        pixels = torch.stack(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [n, 3, S, S]
+        values = [vae.encode(chunk.to(self.accelerator.device)).latent_dist.mean.float().cpu()
+                  for chunk in pixels.split(16)]  # [<=16, C, h, w] each
+        vae.train()
+        return float(torch.cat(values).std())
+
+    def save(self, final: bool = False) -> Optional[Path]:
+        from ..latents import LatentCodec, save_vae
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if acc.is_main_process:
+            vae = acc.unwrap_model(self.model).vae
+            _atomic_torch_save({"format": STATE_FORMAT, "step": self.step, "seed": self.config.seed,
+                                "vae": _cpu_state(vae), "optimizer": self.optimizer.state_dict()},
+                               self.output_dir / VAE_STATE)
+            if final:
+                scaling = 1.0 / max(self.latent_std(), 1e-6)
+                path = save_vae(LatentCodec(_vae_copy(vae), self.codec.kind, scaling_factor=scaling),
+                                self.output_dir / TRAINED_VAE)
+                vae.requires_grad_(True)
+        acc.wait_for_everyone()
+        return path
+
+    def train(self, max_steps: Optional[int] = None) -> Path:
+        v = self.config.vae
+        max_steps = v.steps if max_steps is None else int(max_steps)
+        bar = _progress_bar(self.accelerator, max_steps, self.step, f"vae {self.config.name}", self.show_progress)
+        try:
+            while self.step < max_steps:
+                value = self.train_step()
+                bar.update(1)
+                bar.set_postfix(mse=f"{value:.5f}")
+                if self.step % v.save_every == 0 and self.step < max_steps:
+                    self.save()
+        finally:
+            bar.close()
+        return self.save(final=True)
+
+
+class _VaeReconstruction(torch.nn.Module):
+    """The VAE's training forward as one module (so accelerate/DDP sees the whole pass):
+    pixels ``[B, 3, S, S]`` and posterior noise ``[B, C, h, w]`` -> reconstruction and per-sample KL (sum)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(pixels).latent_dist
+        reconstruction = self.vae.decode(posterior.mean + posterior.std * eps.to(posterior.mean)).sample
+        return reconstruction, posterior.kl()  # [B, 3, S, S], [B]
+
+
+def _vae_copy(vae):
+    """A frozen copy of a VAE (``LatentCodec`` freezes what it wraps; the training one stays trainable)."""
+    copy = type(vae).from_config(vae.config)
+    copy.load_state_dict(vae.state_dict())
+    return copy
+
+
+# ==================================================================================================
+def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> Path:
+    """Run the configured stages; returns the final transformer checkpoint (or the VAE for a VAE-only run)."""
+    from ..audio import load_audio_encoder
+
+    result = None
+    # one source for both stages, so that videos rendered or decoded for the VAE are reused
+    encoder = load_audio_encoder(config.audio.encoder, n_mels=config.audio.n_mels)
+    source = build_source(config, encoder)
+    if "vae" in config.stages:
+        vae_file = Path(config.output_dir) / TRAINED_VAE
+        vae_state = Path(config.output_dir) / VAE_STATE
+        if resume and vae_file.is_file() and _state_step(vae_state) >= config.vae.steps:
+            result = vae_file  # the VAE stage finished before the interruption
+        else:
+            result = VaeTrainer(config, resume=resume and vae_state.is_file(), show_progress=show_progress,
+                                source=source).train()
+    if "transformer" in config.stages:
+        state = Path(config.output_dir) / TRANSFORMER_STATE
+        result = TransformerTrainer(config, resume=resume and state.is_file(), show_progress=show_progress,
+                                    source=source, encoder=encoder).train()
+    return result
+
+
+def _state_step(path: Path) -> int:
+    return int(load_training_state(path)["step"]) if path.is_file() else -1
+

@@ -1,0 +1,176 @@
+"""`prepare`: real-video preparation on small synthetic mp4s (faces, a face-less one, a broken file)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from letstalk_core.__main__ import main
+from letstalk_core.checkpoints import load_checkpoint
+from letstalk_core.latents import build_vae, load_shipped_config, save_vae
+from letstalk_core.training.config import config_from_dict
+from letstalk_core.training.data import ClipDataset, PreparedSource
+from letstalk_core.training.prepare import prepare_dataset, read_manifest
+from letstalk_core.training.synthetic import render_face, sample_identity
+from letstalk_core.training.trainer import TransformerTrainer
+from letstalk_core.video import write_mp4
+
+HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None  # MTCNN, the pipeline's face detector
+
+SECONDS = 1.2
+FACE_BOX = (100, 40, 228, 168)  # x0, y0, x1, y1 of the rendered 128 px face inside the 300x200 canvas
+
+
+def _speech_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    """A voiced-sounding test signal: harmonics of 140 Hz with a syllable-rate envelope."""
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t)
+    tone = sum(np.sin(2 * np.pi * 140.0 * k * t) / k for k in range(1, 6))
+    noise = np.random.default_rng(seed).normal(0, 0.02, t.shape)
+    return (0.2 * envelope * tone + noise).astype(np.float32)
+
+
+def _face_video(path, identity_seed: int, fps: int = 30) -> None:
+    face = render_face(sample_identity(identity_seed), size=128)  # [128, 128, 3]
+    frames = np.zeros((int(SECONDS * fps), 200, 300, 3), np.uint8)  # [N, H, W, 3]
+    frames[:] = (40, 60, 80)
+    x0, y0, x1, y1 = FACE_BOX
+    frames[:, y0:y1, x0:x1] = face
+    write_mp4(path, frames, fps, audio=_speech_like(SECONDS, seed=identity_seed), sample_rate=16_000)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    _face_video(folder / "alice.mp4", 0)
+    (folder / "nested").mkdir()
+    _face_video(folder / "nested" / "bob.mp4", 1)
+    rng = np.random.default_rng(5)
+    wall = np.clip(rng.normal(128, 6, (int(SECONDS * 25), 96, 128, 3)), 0, 255).astype(np.uint8)  # [N, H, W, 3]
+    write_mp4(folder / "wall.mp4", wall, 25, audio=_speech_like(SECONDS, seed=9), sample_rate=16_000)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (folder / "notes.txt").write_text("not a video")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    config = load_shipped_config("demo_vae")
+    config.update(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, sample_size=64)
+    return save_vae(build_vae(config, kind="demo_vae", seed=0), tmp_path_factory.mktemp("vae") / "tiny_vae.safetensors")
+
+
+@pytest.mark.skipif(not HAS_MTCNN, reason="face detection needs facenet-pytorch")
+def test_prepare_skips_broken_and_faceless_and_resumes(videos, tmp_path, tiny_vae):
+    out = tmp_path / "prepared"
+    report = prepare_dataset(videos, out, fps=25, size=64, audio_encoder="mel", vae=tiny_vae)
+    assert sorted(report.prepared) == ["alice.mp4", "nested/bob.mp4"]
+    reasons = dict(report.skipped)
+    assert set(reasons) == {"broken.mp4", "wall.mp4"}
+    assert "broken" in reasons["broken.mp4"]
+    assert "no face" in reasons["wall.mp4"]
+
+    manifest = read_manifest(out)
+    assert manifest["fps"] == 25 and manifest["size"] == 64
+    assert {s["name"] for s in manifest["skipped"]} == {"broken.mp4", "wall.mp4"}
+    entries = {e["name"]: e for e in manifest["videos"]}
+    for entry in entries.values():
+        assert entry["face_detected"] is True
+        # 30 fps input resampled to 25 fps: 1.2 s -> 30 frames (ffmpeg may drop or keep one at the end)
+        assert abs(entry["num_frames"] - SECONDS * 25) <= 1
+        x0, y0, x1, y1 = entry["crop_box"]
+        assert x1 - x0 == y1 - y0  # square
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        assert FACE_BOX[0] < centre[0] < FACE_BOX[2] and FACE_BOX[1] < centre[1] < FACE_BOX[3]
+        with safe_open(str(out / entry["shard"]), framework="pt") as shard:
+            frames = shard.get_tensor("frames")
+            features = shard.get_tensor("audio_features")
+            latents = shard.get_tensor("latents")
+            audio = shard.get_tensor("audio")
+        n = entry["num_frames"]
+        assert frames.dtype == torch.uint8 and tuple(frames.shape) == (n, 64, 64, 3)
+        assert tuple(features.shape) == (n, 1, 80) and torch.isfinite(features).all()
+        assert tuple(latents.shape) == (n, 4, 8, 8)
+        assert abs(audio.shape[0] - n * 16_000 / 25) < 16_000 / 25 + 1
+        # the crop holds the face, not the flat background colour (40, 60, 80)
+        background = torch.tensor([40.0, 60.0, 80.0])
+        assert (frames.float() - background).abs().mean() > 20
+
+    # a rerun skips what is in the manifest and tries the skipped ones again
+    again = prepare_dataset(videos, out, fps=25, size=64, audio_encoder="mel", vae=tiny_vae)
+    assert again.prepared == [] and sorted(again.already) == ["alice.mp4", "nested/bob.mp4"]
+    assert {name for name, _ in again.skipped} == {"broken.mp4", "wall.mp4"}
+    assert read_manifest(out)["videos"] == manifest["videos"]
+
+    # with the centre-crop option the face-less video is prepared too
+    centred = prepare_dataset(videos, out, fps=25, size=64, audio_encoder="mel", vae=tiny_vae, on_no_face="center")
+    assert centred.prepared == ["wall.mp4"]
+    wall = next(e for e in read_manifest(out)["videos"] if e["name"] == "wall.mp4")
+    assert wall["face_detected"] is False and wall["crop_box"] == [16, 0, 112, 96]
+
+    # other settings on the same folder are refused instead of mixing shards
+    with pytest.raises(ValueError, match="size"):
+        prepare_dataset(videos, out, fps=25, size=32, audio_encoder="mel", vae=tiny_vae)
+
+    # the training data reader takes the shards (pixels and cached latents)
+    source = PreparedSource(out, use_latents=True)
+    dataset = ClipDataset(source, frames_per_clip=8, memory_frames=2, use_latents=True)
+    sample = dataset.sample(0, torch.Generator().manual_seed(0))
+    assert tuple(sample.clip.shape) == (8, 4, 8, 8) and tuple(sample.memory.shape) == (2, 4, 8, 8)
+    assert not (sample.start <= sample.reference_index < sample.start + 8)
+    assert tuple(sample.audio_windows.shape) == (8, 5, 1, 80)
+
+    # and the trainer trains on them, from pixels and from the cached latents
+    for cached in (False, True):
+        values = {
+            "output_dir": str(tmp_path / f"run_{cached}"),
+            "data": {"source": "prepared", "path": str(out), "resolution": 64, "use_cached_latents": cached},
+            "model": {"hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": 2, "frames_per_clip": 8},
+            "audio": {"intermediate_dim": 16, "num_tokens": 2, "output_dim": 32},
+            "vae": {"path": str(tiny_vae)},
+            "training": {"max_steps": 1, "batch_size": 2},
+        }
+        trainer = TransformerTrainer(config_from_dict(values), show_progress=False)
+        checkpoint = load_checkpoint(trainer.train())
+        assert len(trainer.last_losses) == 1 and np.isfinite(trainer.last_losses[0])
+        assert checkpoint.vae_config is not None and checkpoint.config["sample_size"] == 8
+
+
+def test_prepare_resumes_after_interruption(videos, tmp_path):
+    out = tmp_path / "prepared"
+    seen = []
+
+    def stop_after_first(done, total, name):
+        seen.append(name)
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(videos, out, size=32, detector="none", on_no_face="center", progress=stop_after_first)
+    first = read_manifest(out)
+    assert [e["name"] for e in first["videos"]] == ["alice.mp4"]  # written before the interruption
+    report = prepare_dataset(videos, out, size=32, detector="none", on_no_face="center")
+    assert report.already == ["alice.mp4"]
+    assert sorted(report.prepared) == ["nested/bob.mp4", "wall.mp4"]
+    assert [name for name, _ in report.skipped] == ["broken.mp4"]
+    shards = [e["shard"] for e in read_manifest(out)["videos"]]
+    assert len(set(shards)) == 3 and all((out / s).is_file() for s in shards)
+
+
+def test_prepare_cli_and_bad_inputs(videos, tmp_path, capsys):
+    out = tmp_path / "cli"
+    status = main(["prepare", "--videos", str(videos), "--out", str(out), "--size", "32", "--no-face-detection"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "prepared 3 video(s)" in printed and "skipped broken.mp4" in printed
+    assert json.loads((out / "manifest.json").read_text())["on_no_face"] == "center"
+    assert main(["prepare", "--videos", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    with pytest.raises(ValueError, match="multiple of 8"):
+        prepare_dataset(videos, out, size=30)
+    with pytest.raises(ValueError, match="on_no_face"):
+        prepare_dataset(videos, out, size=32, detector="none")
