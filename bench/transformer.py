@@ -9,6 +9,10 @@ same run with a large torch.mm. Peak memory is the resident-set growth during th
 Also checks that the same code still matches the authors' fixture outputs.
 
     .venv/bin/python bench/transformer.py [--repeats 3] [--threads N]
+
+The forward runs the model's inference path, which chunks its work (and blocks its GELU) only when
+torch uses one thread; compare ``--threads 1`` with the default to see both settings. On a shared
+machine each parallel region can wait for a busy core, so more threads is not always faster.
 """
 
 from __future__ import annotations

@@ -11,20 +11,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def modulated_linear(x: torch.Tensor, linear: nn.Linear, shift: torch.Tensor | None = None,
-                     scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``linear(x * (1 + scale) + shift)`` for x ``[B, ..., D]`` and per-sample shift/scale ``[B, D]``.
-
-    The modulation is folded into the weights (``W * (1 + scale)``, bias ``b + W shift``), which costs
-    ``B x out x D`` multiplies instead of a pass over all the activations.
-    """
-    if shift is None:
-        return linear(x)
-    batch, dim = x.shape[0], x.shape[-1]
+def fold_modulation(linear: nn.Linear, shift: torch.Tensor, scale: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample weights ``[B, out, D]`` and biases ``[B, out]`` such that ``x W_b^T + b_b`` equals
+    ``linear(x * (1 + scale_b) + shift_b)``: ``W * (1 + scale)`` and ``b + W shift``, which costs
+    ``B x out x D`` multiplies instead of a pass over all the activations."""
     weight = linear.weight[None] * (1 + scale)[:, None, :]  # [B, out, D]
     bias = torch.matmul(shift, linear.weight.t())  # [B, out]
     if linear.bias is not None:
         bias = bias + linear.bias
+    return weight, bias
+
+
+def modulated_linear(x: torch.Tensor, linear: nn.Linear, shift: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(x * (1 + scale) + shift)`` for x ``[B, ..., D]`` and per-sample shift/scale ``[B, D]``,
+    with the modulation folded into the weights (``fold_modulation``)."""
+    if shift is None:
+        return linear(x)
+    batch, dim = x.shape[0], x.shape[-1]
+    weight, bias = fold_modulation(linear, shift, scale)
     if batch == 1:
         return F.linear(x, weight[0], bias[0])
     out = torch.baddbmm(bias[:, None, :], x.reshape(batch, -1, dim), weight.transpose(1, 2))  # [B, L, out]
@@ -58,6 +64,18 @@ class TemporalAttention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, tokens, frames, dim)  # [B, N, T, D]
         return self.to_out(out)
 
+    def attend_frame_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference layout: x ``[T, n, D]`` (frames first, as the tokens are stored) -> attention
+        output ``[T, n, D]`` before ``to_out``, in the same layout. The projection runs on the stored
+        order and the attention reads q, k and v through strided views; the CPU kernel writes its
+        output in the query's memory order, so neither side needs a transposed copy."""
+        frames, tokens, dim = x.shape
+        heads = self.num_heads
+        qkv = self.to_qkv(x).view(frames, tokens, 3, heads, dim // heads)  # [T, n, 3, h, d]
+        q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # each [n, h, T, d], strided
+        out = F.scaled_dot_product_attention(q, k, v)  # [n, h, T, d]
+        return out.permute(2, 0, 1, 3).reshape(frames, tokens, dim)  # [T, n, D]; a view when frame-major
+
 
 class AudioCrossAttention(nn.Module):
     """Queries from each frame's video tokens, keys/values from that frame's audio tokens."""
@@ -74,11 +92,21 @@ class AudioCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
         """x ``[S, N, D]`` (S = batch x frames), audio_tokens ``[S, M, Da]`` -> ``[S, N, D]``."""
+        return self.attend(x, *self.keys_values(audio_tokens))
+
+    def keys_values(self, audio_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio_tokens ``[S, M, Da]`` -> keys and values, each ``[S, h, M, d]``."""
+        seqs = audio_tokens.shape[0]
+        heads = self.num_heads
+        k = self.to_k(audio_tokens).view(seqs, -1, heads, self.to_k.out_features // heads).transpose(1, 2)
+        v = self.to_v(audio_tokens).view(seqs, -1, heads, self.to_v.out_features // heads).transpose(1, 2)
+        return k, v
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x ``[S, N, D]``, keys/values ``[S, h, M, d]`` of the same S frames -> ``[S, N, D]``."""
         seqs, tokens, dim = x.shape
         heads = self.num_heads
         q = self.to_q(x).view(seqs, tokens, heads, dim // heads).transpose(1, 2)  # [S, h, N, d]
-        k = self.to_k(audio_tokens).view(seqs, -1, heads, dim // heads).transpose(1, 2)  # [S, h, M, d]
-        v = self.to_v(audio_tokens).view(seqs, -1, heads, dim // heads).transpose(1, 2)  # [S, h, M, d]
         out = F.scaled_dot_product_attention(q, k, v)  # [S, h, N, d]
         return self.to_out(out.transpose(1, 2).reshape(seqs, tokens, dim))
 
@@ -100,9 +128,13 @@ class SpatialAttention(nn.Module):
         modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
         batch, frames, length, dim = x.shape
         seqs = batch * frames
+        return self.attend_projected(modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3 * dim))
+
+    def attend_projected(self, qkv: torch.Tensor) -> torch.Tensor:
+        """qkv ``[S, L, 3D]`` (output of ``to_qkv``, possibly with folded modulation) -> ``[S, L, D]``."""
+        seqs, length, dim = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         heads = self.num_heads
-        qkv = modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3, heads, dim // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [S, h, L, d]
+        q, k, v = qkv.view(seqs, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)  # [S, h, L, d]
         out = F.scaled_dot_product_attention(q, k, v)  # [S, h, L, d]
         return self.to_out(out.transpose(1, 2).reshape(seqs, length, dim))
 
@@ -126,9 +158,14 @@ class LinearAttention(nn.Module):
         modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
         batch, frames, length, dim = x.shape
         seqs = batch * frames
+        return self.attend_projected(modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3 * dim))
+
+    def attend_projected(self, qkv: torch.Tensor) -> torch.Tensor:
+        """qkv ``[S, L, 3D]`` (output of ``to_qkv``, possibly with folded modulation; overwritten at
+        inference) -> ``[S, L, D]``."""
+        seqs, length, dim = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         heads = dim // self.head_dim
-        qkv = modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3, heads, self.head_dim)
-        q, k, v = qkv.unbind(2)  # each [S, L, h, d]
+        q, k, v = qkv.view(seqs, length, 3, heads, self.head_dim).unbind(2)  # each [S, L, h, d]
         q = F.relu(q, inplace=not q.requires_grad).float()  # views of qkv: in place at inference
         k = F.relu(k, inplace=not k.requires_grad).float()
         v = v.float()
@@ -137,4 +174,4 @@ class LinearAttention(nn.Module):
         numerator = torch.einsum("slhd,shde->slhe", q, kv)  # [S, L, h, d]
         denominator = torch.einsum("slhd,shd->slh", q, k_sum)  # [S, L, h]
         out = numerator / (denominator.unsqueeze(-1) + self.eps)
-        return self.to_out(out.to(x.dtype).reshape(seqs, length, dim))
+        return self.to_out(out.to(qkv.dtype).reshape(seqs, length, dim))

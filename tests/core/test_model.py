@@ -321,3 +321,103 @@ def test_official_audio_projection_keys_map_both_ways():
     meta = {key: torch.empty(shape, device="meta") for key, shape in official.items()}
     assert {k: tuple(t.shape) for k, t in audio_state_from_official(meta).items()} == ours
     assert sum(t.numel() for t in audio_proj.state_dict().values()) == entry["params"]
+
+
+# ---- the inference path (packed tokens, chunks, merged temporal projection, sigmoid-form GELU) ------
+@pytest.mark.parametrize("variant", ["vdt", "vdt_long", "lite"])
+@pytest.mark.parametrize("chunk_rows", [1, 50, 4096, None])
+def test_inference_path_equals_differentiable_path(variant, chunk_rows):
+    # with grad enabled the model runs the plain block code; without, the packed in-place chunks
+    model = _tiny(variant)
+    model.inference_chunk_rows = chunk_rows  # 1: one position / frame per chunk; 50: uneven splits; None: auto
+    inputs = _inputs(2, 3, 8, 12, 0 if variant == "vdt" else 2)
+    # float64: the two paths differ only by rounding, so any layout or chunking slip shows far above it
+    model64 = _tiny(variant).double()
+    model64.inference_chunk_rows = chunk_rows
+    inputs64 = [x.double() if torch.is_floating_point(x) else x for x in inputs[:4]]
+    inputs64.append(None if inputs[4] is None else inputs[4].double())
+    reference = model64(*inputs64).detach()
+    with torch.no_grad():
+        fast = model64(*inputs64)
+    tolerance = 1e-5 if variant == "lite" else 1e-10  # lite's linear attention runs in float32 anyway
+    assert (fast - reference).abs().max().item() < tolerance * reference.abs().max().item()
+    # float32 (the sigmoid-form GELU runs here): rounding only, amplified by these large random weights
+    reference = model(*inputs).detach()
+    with torch.no_grad():
+        fast = model(*inputs)
+    assert (fast - reference).abs().max().item() < 1e-4 * reference.abs().max().item()
+    with torch.inference_mode():
+        assert torch.equal(model(*inputs), fast)
+
+
+def test_merged_temporal_projection_follows_weight_changes():
+    model = _tiny("vdt_long")
+    inputs = _inputs(1, 2, 8, 8, 2)
+    with torch.no_grad():
+        before = model(*inputs)
+        block = model.blocks[1]
+        weight, bias = block.merged_temporal_projection()
+        expected = block.temporal_out(block.temporal_attn.to_out(torch.eye(64)))  # rows: images of unit vectors
+        assert (weight.t() + bias - expected).abs().max().item() < 1e-5
+        block.temporal_out.weight.mul_(-1.5)  # in place: the cached merge must be rebuilt
+        block.temporal_attn.to_out.bias.add_(0.3)
+        after = model(*inputs)
+    reference = model(*inputs).detach()  # differentiable path, no merge
+    assert (after - before).abs().max().item() > 1e-2
+    assert (after - reference).abs().max().item() < 1e-5 * reference.abs().max().item()
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 40), (1, 7), (300, 16)])
+def test_sigmoid_form_gelu_equals_tanh_gelu(shape):
+    from letstalk_core.model.transformer import gelu_tanh_
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 4  # [..., H]
+    expected = F.gelu(x, approximate="tanh")
+    out = gelu_tanh_(x.clone(), rows_per_pass=4)  # several row blocks and a short last one
+    assert (out - expected).abs().max().item() < 2e-6
+    assert (F.gelu(x, approximate="none") - out).abs().max().item() > 1e-5  # it is the tanh form
+    strided = x.clone()[..., ::2]  # non-contiguous: falls back to torch's kernel
+    assert torch.equal(gelu_tanh_(strided), F.gelu(x[..., ::2], approximate="tanh"))
+    half = x.to(torch.bfloat16)
+    assert torch.equal(gelu_tanh_(half.clone()), F.gelu(half, approximate="tanh"))
+
+
+def test_even_chunks_cover_everything_in_equal_pieces():
+    from letstalk_core.model.transformer import _even_chunk
+
+    assert _even_chunk(256, 227) == 128  # two equal pieces instead of 227 + 29
+    assert _even_chunk(16, 8) == 8 and _even_chunk(16, 0) == 1 and _even_chunk(5, 100) == 5
+    for total in range(1, 40):
+        for target in range(0, 45):
+            size = _even_chunk(total, target)
+            pieces = -(-total // size)
+            assert 1 <= size <= max(1, target) or size == total <= target
+            assert pieces * size - total < pieces  # the pieces differ by at most one item
+
+
+def test_model_built_and_run_under_inference_mode_matches_no_grad():
+    """ComfyUI creates and runs models under torch.inference_mode: its weights keep no version counter."""
+    kwargs = dict(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                  audio_dim=16, sample_size=8, frames_per_clip=4, memory_frames=2)
+    torch.manual_seed(0)
+    inputs = (torch.randn(1, 4, 4, 8, 8), torch.tensor([10]), torch.randn(1, 4, 8, 8), torch.randn(1, 4, 2, 16),
+              torch.randn(1, 2, 4, 8, 8))
+    torch.manual_seed(1)
+    reference = LetsTalkTransformer(**kwargs).eval()
+    for p in reference.parameters():  # the output layer starts at zero: give every weight a value
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        expected = reference(*inputs)
+    with torch.inference_mode():
+        model = LetsTalkTransformer(**kwargs).eval()
+        model.load_state_dict(reference.state_dict())
+        first = model(*inputs)
+        for p in model.parameters():  # an in-place change must be seen by the next forward
+            p.mul_(0.5)
+        second = model(*inputs)
+    torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(first, second)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.mul_(0.5)
+        torch.testing.assert_close(second, reference(*inputs), rtol=1e-4, atol=1e-5)
