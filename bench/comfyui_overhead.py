@@ -18,30 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from letstalk_core.checkpoints import save_checkpoint  # noqa: E402
-from letstalk_core.latents import build_vae, load_shipped_config, vae_bundle_entries  # noqa: E402
-from letstalk_core.model import AudioProjection, LetsTalkTransformer  # noqa: E402
 from letstalk_core.pipeline import LetsTalkPipeline, write_video  # noqa: E402
 from letstalk_core.video import probe  # noqa: E402
 from scripts.comfy_harness import ComfyServer  # noqa: E402
-from tests.helpers import write_portrait, write_speechlike  # noqa: E402
-
-
-def make_checkpoint(path: Path) -> Path:
-    """A demo-sized vdt_long bundle: 128 px (16x16x4 latents), hidden 192, depth 6, clips of 16."""
-    torch.manual_seed(0)
-    model = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=192, depth=6,
-                                num_heads=6, audio_dim=192, sample_size=16, frames_per_clip=16, memory_frames=2)
-    projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
-                                 intermediate_dim=256, num_tokens=8, output_dim=192)
-    tensors, metadata = vae_bundle_entries(build_vae(load_shipped_config("demo_vae"), seed=0))
-    metadata["audio_encoder_config"] = json.dumps({"type": "mel", "n_mels": 80})
-    return save_checkpoint(path, model, projection, extra_tensors=tensors, extra_metadata=metadata)
+from tests.helpers import make_demo_sized_bundle, write_portrait, write_speechlike  # noqa: E402
 
 
 def main() -> int:
@@ -50,14 +34,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2, help="warm runs of each, the best is kept")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())  # same thread count as ComfyUI's process
 
     with tempfile.TemporaryDirectory(prefix="letstalk-bench-") as tmp:
         root = Path(tmp)
         base = root / "comfy"
         (base / "models" / "letstalk").mkdir(parents=True)
         (base / "input").mkdir(parents=True)
-        checkpoint = make_checkpoint(base / "models" / "letstalk" / "bench.safetensors")
+        checkpoint = make_demo_sized_bundle(base / "models" / "letstalk" / "bench.safetensors")
         portrait = write_portrait(base / "input" / "portrait.png", size=192)
         speech = write_speechlike(base / "input" / "speech.wav", args.seconds)
         options = dict(sampler="dpmpp_2m", steps=args.steps)

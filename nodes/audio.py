@@ -6,7 +6,7 @@ import logging
 
 from comfy_api.latest import io
 
-from letstalk_core.audio import load_audio_encoder
+from letstalk_core.audio import AudioEncoder, load_audio_encoder, wav2vec2_encoder_from_state_dict
 from letstalk_core.pipeline import SpeechConditioning
 
 from .paths import audio_encoder_choices, resolve_audio_encoder
@@ -50,6 +50,25 @@ class LoadLetsTalkAudioEncoder(io.ComfyNode):
         return io.NodeOutput(encoder)
 
 
+def as_letstalk_encoder(encoder) -> AudioEncoder:
+    """Our encoders pass through; ComfyUI's native AUDIO_ENCODER is converted when it is a wav2vec2."""
+    if isinstance(encoder, AudioEncoder):
+        return encoder
+    model = getattr(encoder, "model", None)
+    if model is None or not hasattr(encoder, "get_sd"):
+        raise ValueError(f"audio_encoder: expected Load LetsTalk Audio Encoder's output or ComfyUI's AUDIO_ENCODER, "
+                         f"got {type(encoder).__name__}")
+    if type(model).__name__ != "Wav2Vec2Model":
+        raise ValueError(f"audio_encoder: ComfyUI's Load Audio Encoder gave a {type(model).__name__}; only its "
+                         "wav2vec2 models are accepted here. Load whisper with Load LetsTalk Audio Encoder.")
+    cached = getattr(encoder, "_letstalk_encoder", None)
+    if cached is None:
+        state_dict = {key: value.float() for key, value in encoder.get_sd().items()}
+        cached = wav2vec2_encoder_from_state_dict(state_dict, source="ComfyUI audio encoder (wav2vec2)")
+        encoder._letstalk_encoder = cached  # converted once per loaded encoder
+    return cached
+
+
 class EncodeAudio(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -61,7 +80,9 @@ class EncodeAudio(io.ComfyNode):
                         "of video frames the speech spans.",
             inputs=[
                 io.Audio.Input("audio", tooltip="The speech track (any sample rate, mono or stereo)."),
-                LetsTalkAudioEncoder.Input("audio_encoder", tooltip="From Load LetsTalk Audio Encoder."),
+                io.MultiType.Input("audio_encoder", types=[LetsTalkAudioEncoder, io.AudioEncoder],
+                                   tooltip="From Load LetsTalk Audio Encoder, or a wav2vec2 from ComfyUI's own "
+                                           "Load Audio Encoder (used with the official feature normalisation)."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
                                tooltip="Video frame rate; the video has ceil(seconds x fps) frames. "
                                        "25 is what the official models were trained with."),
@@ -74,5 +95,5 @@ class EncodeAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio: dict, audio_encoder, fps: float) -> io.NodeOutput:
-        speech = SpeechConditioning(audio, audio_encoder, fps)
+        speech = SpeechConditioning(audio, as_letstalk_encoder(audio_encoder), fps)
         return io.NodeOutput(speech, speech.num_frames)

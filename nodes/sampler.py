@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from PIL import Image
 
 import comfy.model_management as mm
 import comfy.utils
+from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
 from letstalk_core.pipeline import DEFAULT_STEPS, iter_clip_latents
@@ -16,6 +18,16 @@ from letstalk_core.sampling import SAMPLERS
 from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait
 
 log = logging.getLogger("letstalk")
+
+
+def clip_preview(codec, clip_latents: torch.Tensor):
+    """The last frame of a finished clip, decoded (one frame per clip: cheap next to sampling it), as the
+    (format, image, max size) ComfyUI shows under the node; None when previews are switched off."""
+    if args.preview_method == LatentPreviewMethod.NoPreviews:
+        return None
+    frame = next(codec.iter_decode(clip_latents[0, -1:].float(), chunk_size=1))  # [1, 3, H, W] -1..1
+    pixels = frame[0].add(1).mul(127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return ("JPEG", Image.fromarray(pixels), args.preview_size)
 
 
 def _stop_if_interrupted() -> bool:
@@ -75,7 +87,13 @@ class LetsTalkSampler(io.ComfyNode):
             progress=lambda done, total: bar.update_absolute(done, total),
             should_stop=_stop_if_interrupted,
         )
-        latents = torch.cat([clip.latents.float().cpu() for clip in clips], dim=1)  # [1, F, C, h, w]
+        finished = []
+        for clip in clips:
+            finished.append(clip.latents.float().cpu())
+            preview = clip_preview(portrait.codec, clip.latents)
+            if preview is not None:
+                bar.update_absolute(bar.current, bar.total, preview)
+        latents = torch.cat(finished, dim=1)  # [1, F, C, h, w]
         log.info("LetsTalk: sampled %d frames (%d clips of %d)", latents.shape[1],
                  -(-latents.shape[1] // ckpt.frames_per_clip), ckpt.frames_per_clip)
         return io.NodeOutput({

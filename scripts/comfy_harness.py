@@ -297,7 +297,9 @@ class ComfyServer:
     def _launch(self, port: int) -> bool:
         args = [self.python, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
                 "--port", str(port), "--base-directory", str(self.base_dir),
-                "--disable-api-nodes", "--disable-auto-launch"]
+                "--disable-api-nodes", "--disable-auto-launch",
+                # its default database lives in the ComfyUI folder's user/; keep it in this base directory
+                "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}"]
         if self.output_dir:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             args += ["--output-directory", str(self.output_dir)]

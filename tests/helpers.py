@@ -25,20 +25,37 @@ def tiny_vae_config(latent_channels: int = 4) -> dict:
 
 
 def make_tiny_bundle(path: Path, *, condition_dropout: dict | None = None, with_vae: bool = True,
-                     seed: int = 0) -> Path:
-    """A random vdt_long bundle (64 px, 8x8x4 latents, clips of 4 frames, 2 memory frames, mel audio)."""
+                     seed: int = 0, audio_layers: int = 1, audio_features: int = 80) -> Path:
+    """A random vdt_long bundle (64 px, 8x8x4 latents, clips of 4 frames, 2 memory frames); mel audio
+    unless ``audio_layers``/``audio_features`` say another encoder's shape (then no encoder is named)."""
     torch.manual_seed(seed)
     model = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=32, depth=1,
                                 num_heads=2, audio_dim=16, sample_size=8, frames_per_clip=TINY_FRAMES_PER_CLIP,
                                 memory_frames=2)
-    projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
-                                 intermediate_dim=16, num_tokens=2, output_dim=16)
-    tensors, metadata = {}, {"audio_encoder_config": json.dumps({"type": "mel", "n_mels": 80})}
+    projection = AudioProjection(window_size=5, input_features=audio_layers * audio_features,
+                                 num_layers=audio_layers, feature_dim=audio_features, intermediate_dim=16,
+                                 num_tokens=2, output_dim=16)
+    tensors, metadata = {}, {}
+    if (audio_layers, audio_features) == (1, 80):
+        metadata["audio_encoder_config"] = json.dumps({"type": "mel", "n_mels": 80})
     if with_vae:
         tensors, vae_meta = vae_bundle_entries(build_vae(tiny_vae_config(), seed=seed))
         metadata.update(vae_meta)
     if condition_dropout is not None:
         metadata["training"] = json.dumps({"condition_dropout": condition_dropout})
+    return save_checkpoint(path, model, projection, extra_tensors=tensors, extra_metadata=metadata)
+
+
+def make_demo_sized_bundle(path: Path, seed: int = 0) -> Path:
+    """A random bundle the size of the demo model (128 px: 16x16x4 latents, hidden 192, depth 6, clips of
+    16, 2 memory frames, mel audio), for benchmarks: speed and memory behave as the real demo's."""
+    torch.manual_seed(seed)
+    model = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=192, depth=6,
+                                num_heads=6, audio_dim=192, sample_size=16, frames_per_clip=16, memory_frames=2)
+    projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
+                                 intermediate_dim=256, num_tokens=8, output_dim=192)
+    tensors, metadata = vae_bundle_entries(build_vae(load_shipped_config("demo_vae"), seed=seed))
+    metadata["audio_encoder_config"] = json.dumps({"type": "mel", "n_mels": 80})
     return save_checkpoint(path, model, projection, extra_tensors=tensors, extra_metadata=metadata)
 
 

@@ -11,6 +11,7 @@ from .encoders import (
     infer_wav2vec2_config,
     infer_whisper_config,
     load_audio_encoder,
+    wav2vec2_encoder_from_state_dict,
     wav2vec2_state_dict,
     whisper_encoder_state_dict,
 )
@@ -24,5 +25,5 @@ __all__ = [
     "AudioEncoder", "AudioFeatures", "MelAudioEncoder", "MonoAudio", "Wav2Vec2AudioEncoder", "WhisperAudioEncoder",
     "as_fps", "check_audio_encoder_compatible", "encode_audio", "frame_count", "frame_windows",
     "infer_wav2vec2_config", "infer_whisper_config", "load_audio", "load_audio_encoder", "normalize_loudness",
-    "padded_frame_count", "wav2vec2_state_dict", "whisper_encoder_state_dict",
+    "padded_frame_count", "wav2vec2_encoder_from_state_dict", "wav2vec2_state_dict", "whisper_encoder_state_dict",
 ]

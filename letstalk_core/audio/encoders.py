@@ -74,14 +74,32 @@ def load_audio_encoder(
         model_config = None if config is None else _as_config(kind, config)
     source = f"'{path}'"
     if kind == "wav2vec2":
-        model = _build_wav2vec2(state_dict, model_config, path).to(device, dtype)
         if normalize_waveform is None:
             normalize_waveform = bool(preprocessor.get("do_normalize", True))
-        return Wav2Vec2AudioEncoder(model, source=source, normalize_waveform=normalize_waveform,
-                                    chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+        return wav2vec2_encoder_from_state_dict(state_dict, source=source, config=model_config, device=device,
+                                                dtype=dtype, normalize_waveform=normalize_waveform,
+                                                chunk_seconds=chunk_seconds, context_seconds=context_seconds)
     encoder, feature_extractor = _build_whisper(state_dict, model_config, path, preprocessor)
     return WhisperAudioEncoder(encoder.to(device, dtype), feature_extractor, source=source,
                                include_embedding_layer=include_embedding_layer)
+
+
+def wav2vec2_encoder_from_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    *,
+    source: str = "wav2vec2 state dict",
+    config=None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    normalize_waveform: bool = True,
+    chunk_seconds: float = 30.0,
+    context_seconds: float = 5.0,
+) -> Wav2Vec2AudioEncoder:
+    """A wav2vec2 encoder from weights already in memory (Hugging Face or ComfyUI key names), e.g. the
+    model of ComfyUI's own AudioEncoderLoader. ``normalize_waveform`` defaults to the official recipe."""
+    model = _build_wav2vec2(state_dict, None if config is None else _as_config("wav2vec2", config), Path(source))
+    return Wav2Vec2AudioEncoder(model.to(device, dtype), source=source, normalize_waveform=normalize_waveform,
+                                chunk_seconds=chunk_seconds, context_seconds=context_seconds)
 
 
 def check_audio_encoder_compatible(encoder: AudioEncoder, num_layers: int, feature_dim: int,

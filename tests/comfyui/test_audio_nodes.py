@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
+from tests.helpers import make_tiny_bundle, write_portrait
 
 
 def write_speechlike(path, seconds: float, sample_rate: int, channels: int = 1) -> None:
@@ -56,3 +57,41 @@ def test_audio_shorter_than_a_frame_fails_naming_the_node_and_server_keeps_servi
     assert "shorter than one video frame" in info.value.exception_message
     write_speechlike(comfy.input_dir / "after.wav", 0.4, 16000)
     assert comfy.client.run(frame_count_workflow("after.wav", 25.0), timeout=300)["4"]["text"] == ["10"]
+
+
+def test_native_wav2vec2_from_comfyui_audio_encoder_loader(comfy):
+    """A wav2vec2-base-sized encoder (random weights) loaded by ComfyUI's own AudioEncoderLoader."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config())  # base: 12 layers x 768
+    name = "w2v_base_random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, comfy.models_dir / "audio_encoders" / name)
+    del model
+    write_speechlike(comfy.input_dir / "native.wav", 0.6, 16000)
+    workflow = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": "native.wav"}},
+        "2": {"class_type": "AudioEncoderLoader", "inputs": {"audio_encoder_name": name}},
+        "3": {"class_type": "LetsTalkEncodeAudio", "inputs": {"audio": ["1", 0], "audio_encoder": ["2", 0], "fps": 25.0}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
+    }
+    assert comfy.client.run(workflow, timeout=600)["4"]["text"] == ["15"]
+
+    # the converted encoder's features drive a model that expects wav2vec2-base features (12 x 768)
+    make_tiny_bundle(comfy.models_dir / "letstalk" / "w2v_tiny.safetensors", audio_layers=12, audio_features=768)
+    write_portrait(comfy.input_dir / "w2v_face.png")
+    workflow.update({
+        "5": {"class_type": "LoadImage", "inputs": {"image": "w2v_face.png"}},
+        "6": {"class_type": "LoadLetsTalkModel", "inputs": {"checkpoint": "w2v_tiny.safetensors", "precision": "fp32"}},
+        "7": {"class_type": "LetsTalkPortraitCondition",
+              "inputs": {"image": ["5", 0], "letstalk_model": ["6", 0], "crop_face": False, "margin": 0.5,
+                         "if_no_face": "center crop"}},
+        "8": {"class_type": "LetsTalkSampler",
+              "inputs": {"letstalk_model": ["6", 0], "portrait": ["7", 0], "letstalk_audio": ["3", 0], "seed": 0,
+                         "sampler": "ddim", "steps": 1, "audio_cfg": 1.0, "portrait_cfg": 1.0}},
+        "9": {"class_type": "LetsTalkDecodeVideo", "inputs": {"video_latent": ["8", 0], "paste_back": False}},
+        "10": {"class_type": "PreviewAny", "inputs": {"source": ["9", 2]}},
+    })
+    assert comfy.client.run(workflow, timeout=600)["10"]["text"] == ["25.0"]

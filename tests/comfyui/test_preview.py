@@ -1,0 +1,52 @@
+"""With previews switched on (--preview-method), the sampler shows each finished clip's last frame."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from scripts.comfy_harness import ComfyServer
+from tests.helpers import make_tiny_bundle, write_portrait, write_speechlike
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def run_and_count_previews(url: str, workflow: dict) -> tuple[int, str]:
+    client_id = uuid.uuid4().hex
+    previews, status = 0, "unknown"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+            async with session.post(f"{url}/prompt", json={"prompt": workflow, "client_id": client_id}) as answer:
+                prompt_id = (await answer.json())["prompt_id"]
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    previews += 1
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    event = json.loads(message.data)
+                    data = event.get("data", {})
+                    if data.get("prompt_id") != prompt_id:
+                        continue
+                    if event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                        status = event["type"]
+                        break
+    return previews, status
+
+
+def test_sampler_sends_one_preview_per_clip(tmp_path):
+    with ComfyServer(tmp_path / "base", extra_args=("--preview-method", "auto")) as server:
+        make_tiny_bundle(server.models_dir / "letstalk" / "tiny.safetensors")
+        write_portrait(server.input_dir / "face.png")
+        write_speechlike(server.input_dir / "talk.wav", 0.46)  # 12 frames: 3 clips of 4
+        workflow = copy.deepcopy(json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text()))
+        workflow["1"]["inputs"]["image"] = "face.png"
+        workflow["2"]["inputs"]["audio"] = "talk.wav"
+        workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
+        workflow["7"]["inputs"].update(sampler="ddim", steps=2)
+        previews, status = asyncio.run(asyncio.wait_for(run_and_count_previews(server.url, workflow), 600))
+    assert status == "execution_success"
+    assert previews == 3
