@@ -1,0 +1,234 @@
+"""Evaluation: the mouth meter on rendered frames, the metric functions on constructed inputs, and
+`evaluate` (API and command line) on a tiny random bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from letstalk_core.evaluation import (
+    MouthMeter,
+    colour_error,
+    drift_ratio,
+    evaluate_checkpoint,
+    format_report,
+    frame_changes,
+    identity_errors,
+    pearson,
+    seam_ratio,
+    ssim,
+    structure_error,
+)
+from letstalk_core.evaluation.runner import heldout_speech, identity_seeds
+from letstalk_core.training.synthetic import (
+    FacePose,
+    animate_face,
+    mouth_opening_from_audio,
+    render_face,
+    sample_identity,
+)
+from tests.helpers import TINY_FRAMES_PER_CLIP, make_tiny_bundle, write_speechlike
+
+REPO = Path(__file__).resolve().parents[2]
+FPS = 25
+
+
+# ------------------------------------------------------------------------------------------ mouth meter
+@pytest.mark.parametrize("identity_seed,size", [(1_000_003, 64), (1_000_011, 96)])
+def test_mouth_meter_follows_the_true_opening_on_rendered_frames(identity_seed, size):
+    identity = sample_identity(identity_seed)
+    speech = heldout_speech(2.0, seed=identity_seed % 7)  # [S] at 16 kHz, starts on the first word
+    motion = animate_face(speech, 16000, FPS, seed=3)  # head motion, blinks, brows and mouth shape too
+    truth = mouth_opening_from_audio(speech, 16000, FPS)
+    frames = np.stack([render_face(identity, motion.pose(i), size) for i in range(len(motion))])  # [F, S, S, 3]
+    meter = MouthMeter.for_identity(identity, size)
+    measured = meter.measure(frames)
+    assert measured.shape == truth.shape
+    assert np.ptp(truth) > 0.5  # the speech really opens and closes the mouth
+    assert pearson(measured, truth) > 0.9
+    assert meter.calibration_r > 0.9
+    # calibrated: readings are in the renderer's units (a closed mouth reads ~0, a wide one ~1)
+    sweep = np.stack([render_face(identity, FacePose(mouth_open=o), size) for o in (0.0, 0.5, 1.0)])
+    readings = meter.measure(sweep)
+    assert abs(readings[0]) < 0.1 and abs(readings[1] - 0.5) < 0.2 and abs(readings[2] - 1.0) < 0.2
+
+
+def test_mouth_meter_ignores_head_motion_with_a_closed_mouth():
+    identity = sample_identity(1_000_005)
+    meter = MouthMeter.for_identity(identity, 64)
+    moved = np.stack([render_face(identity, FacePose(head_dx=dx, head_dy=dy), 64)
+                      for dx, dy in ((0.0, 0.0), (0.03, 0.0), (-0.02, 0.015), (0.0, -0.02))])
+    opened = render_face(identity, FacePose(mouth_open=0.6), 64)
+    assert np.abs(meter.measure(moved)).max() < 0.15
+    assert meter.measure(opened)[0] > 0.4
+
+
+def test_mouth_meter_refuses_a_box_outside_the_image():
+    with pytest.raises(ValueError, match="mouth_box"):
+        MouthMeter(np.zeros((32, 32, 3), np.uint8), (10, 40, 5, 20))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_pearson_on_constructed_sequences():
+    x = np.arange(10.0)
+    assert pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert pearson(x, -x) == pytest.approx(-1.0)
+    assert math.isnan(pearson(x, np.ones(10)))
+    with pytest.raises(ValueError, match="different lengths"):
+        pearson(x, x[:5])
+
+
+def test_identical_frames_have_zero_identity_error_and_changes_raise_it():
+    portrait = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0))
+    same = portrait[None].repeat(3, 1, 1, 1)  # [3, 32, 32, 3]
+    errors = identity_errors(same, portrait)
+    for name in ("colour", "structure", "identity"):
+        assert errors[name].shape == (3,)
+        assert errors[name].abs().max() < 1e-5, name
+    brighter = (portrait + 0.1).clamp(max=1.0)
+    assert float(colour_error(brighter, portrait)) == pytest.approx(float((brighter - portrait).mean()), abs=1e-5)
+    noisy = (portrait + 0.2 * torch.randn(32, 32, 3, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert float(structure_error(noisy, portrait)) > 0.1
+    assert float(colour_error(noisy, portrait)) < float(structure_error(noisy, portrait))
+
+
+def test_ssim_matches_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics")
+    generator = torch.Generator().manual_seed(2)
+    a = torch.rand(40, 48, 3, generator=generator)
+    b = (a + 0.15 * torch.randn(40, 48, 3, generator=generator)).clamp(0, 1)
+    expected = metrics.structural_similarity(a.numpy(), b.numpy(), channel_axis=-1, data_range=1.0,
+                                             gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert float(ssim(b, a)) == pytest.approx(expected, abs=1e-4)
+
+
+def test_seam_ratio_detects_a_jump_at_clip_boundaries():
+    clip = 4
+    level = torch.cumsum(torch.full((16,), 0.01), 0)  # smooth brightening: 0.01 per frame
+    level[8:] += 0.1  # a jump between frame 7 (end of clip 2) and frame 8 (start of clip 3)
+    frames = level.view(16, 1, 1, 1).expand(16, 8, 8, 3).clone()  # [16, 8, 8, 3]
+    result = seam_ratio(frame_changes(frames), clip)
+    assert result["boundaries"] == 3
+    # boundaries change by 0.01, 0.11, 0.01; inside clips always 0.01
+    assert result["inside"] == pytest.approx(0.01, abs=1e-6)
+    assert result["boundary"] == pytest.approx(0.13 / 3, abs=1e-6)
+    assert result["ratio"] == pytest.approx(13 / 3, rel=1e-4)
+    smooth = seam_ratio(frame_changes(frames[:8]), clip)
+    assert smooth["ratio"] == pytest.approx(1.0, rel=1e-4)
+    assert math.isnan(seam_ratio(frame_changes(frames[:4]), clip)["ratio"])  # no boundary at all
+
+
+def test_frame_changes_with_the_previous_chunk_equal_the_whole_video():
+    frames = torch.rand(10, 6, 6, 3, generator=torch.Generator().manual_seed(3))
+    whole = frame_changes(frames)
+    parts = torch.cat([frame_changes(frames[:4]), frame_changes(frames[4:], previous=frames[3])])
+    assert torch.allclose(whole, parts)
+
+
+def test_drift_ratio_from_constructed_error_sequences():
+    steady = np.full(300, 0.2)
+    assert drift_ratio(steady, FPS, 2.0)["ratio"] == pytest.approx(1.0)
+    growing = np.concatenate([np.full(50, 0.2), np.linspace(0.2, 0.5, 200), np.full(50, 0.5)])
+    result = drift_ratio(growing, FPS, 2.0)
+    assert result["window_frames"] == 50
+    assert result["first"] == pytest.approx(0.2) and result["last"] == pytest.approx(0.5)
+    assert result["ratio"] == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="two windows"):
+        drift_ratio(np.ones(60), FPS, 2.0)
+
+
+def test_bad_evaluation_inputs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a held-out identity"):
+        identity_seeds([12])
+    with pytest.raises(ValueError, match="identities"):
+        identity_seeds(0)
+    with pytest.raises(ValueError, match="sampler"):
+        evaluate_checkpoint(tmp_path / "none.safetensors", sampler="magic")
+    with pytest.raises(ValueError, match="drift_seconds"):
+        evaluate_checkpoint(tmp_path / "none.safetensors", drift_seconds=4, drift_window=5)
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        evaluate_checkpoint(tmp_path / "none.safetensors", audio=[tmp_path / "missing.wav"], drift_seconds=0)
+    with pytest.raises(ValueError, match="colour|frames"):
+        colour_error(torch.zeros(2, 8, 8), torch.zeros(8, 8, 3))
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("evaluation") / "tiny.safetensors")
+
+
+TWO_CLIPS = 2 * TINY_FRAMES_PER_CLIP / FPS  # seconds
+
+
+def test_evaluate_two_clips_with_floor_ceiling_drift_and_sampler_table(bundle):
+    steps_seen = []
+    result = evaluate_checkpoint(
+        bundle, identities=2, seconds=TWO_CLIPS, sampler="ddim", steps=2, drift_seconds=4 * TWO_CLIPS,
+        drift_window=TWO_CLIPS, with_sampler_table=True, sampler_settings=(("ddim", 2), ("dpmpp_2m", 1)),
+        progress=lambda done, total: steps_seen.append((done, total)),
+    )
+    m = result["metrics"]
+    assert result["settings"]["frames_per_clip"] == TINY_FRAMES_PER_CLIP
+    assert all(seed >= 1_000_000 for seed in result["settings"]["identities"])
+    assert [s["frames"] for s in result["samples"]] == [8, 8]
+    # the renderer's frames are the ceiling: the meter sees its mouth well
+    assert m["sync_ceiling"] > 0.8
+    for name in ("sync", "sync_floor", "sync_ceiling_vae", "colour_error", "structure_error", "seam_ratio",
+                 "drift_ratio", "renderer_identity_error"):
+        assert math.isfinite(m[name]), name
+    assert -1 <= m["sync"] <= 1 and -1 <= m["sync_floor"] <= 1
+    assert m["seam_boundaries"] == 2  # one boundary in each of the two 2-clip videos
+    # a random model does not keep the portrait: much worse than the renderer's own frames
+    assert m["identity_error"] > m["renderer_identity_error"]
+    assert set(result["checks"]) == {"sync", "sync_floor", "seam_ratio", "drift_ratio"}
+    assert result["checks"]["sync"]["pass"] == (m["sync"] >= 0.7)
+    # progress counts every model step once: 2 videos x 2 clips x (2 + 2 + 1 steps) + drift 8 clips x 2
+    assert steps_seen[-1] == (2 * 2 * 5 + 8 * 2, 2 * 2 * 5 + 8 * 2)
+    assert [(r["sampler"], r["steps"]) for r in result["sampler_table"]] == [("ddim", 2), ("dpmpp_2m", 1)]
+    assert all(r["seconds_per_clip"] > 0 for r in result["sampler_table"])
+    report = format_report(result)
+    for text in ("lip sync", "floor", "ceiling", "seam ratio", "drift ratio", ">= 0.7", "<= 0.2", "<= 1.5",
+                 "<= 1.2", "dpmpp_2m"):
+        assert text in report
+    assert ("PASS" in report) or ("FAIL" in report)
+
+
+def test_evaluate_command_writes_table_and_json(bundle, tmp_path):
+    speech = write_speechlike(tmp_path / "speech.wav", TWO_CLIPS)
+    out = tmp_path / "eval.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    completed = subprocess.run(
+        [sys.executable, "-m", "letstalk_core", "evaluate", "--checkpoint", str(bundle), "--audio", str(speech),
+         "--identities", "1000003", "--sampler", "ddim", "--steps", "1", "--drift-seconds", "0", "--json", str(out),
+         "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "lip sync" in completed.stdout and "seam ratio" in completed.stdout
+    data = json.loads(out.read_text())
+    assert data["settings"]["identities"] == [1000003]
+    assert data["settings"]["speech"] == ["audio file speech.wav"]
+    sample = data["samples"][0]
+    # one identity with one audio file: the floor came from an extra video with other (held-out) speech
+    assert sample["sync_floor"] is None or -1 <= sample["sync_floor"] <= 1
+    assert sample["sync_ceiling"] is not None
+    assert data["metrics"]["drift_ratio"] is None  # skipped: strict JSON null, not NaN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "speech.wav"]
+
+
+def test_evaluate_command_refuses_a_training_identity(bundle, capsys):
+    from letstalk_core.__main__ import main
+
+    status = main(["evaluate", "--checkpoint", str(bundle), "--identities", "5,6", "--drift-seconds", "0",
+                   "--no-progress"])
+    assert status == 2
+    assert "not a held-out identity" in capsys.readouterr().err
