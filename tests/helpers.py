@@ -25,9 +25,11 @@ def tiny_vae_config(latent_channels: int = 4) -> dict:
 
 
 def make_tiny_bundle(path: Path, *, condition_dropout: dict | None = None, with_vae: bool = True,
-                     seed: int = 0, audio_layers: int = 1, audio_features: int = 80) -> Path:
+                     seed: int = 0, audio_layers: int = 1, audio_features: int = 80,
+                     audio_encoder: tuple[str, dict, dict] | None = None) -> Path:
     """A random vdt_long bundle (64 px, 8x8x4 latents, clips of 4 frames, 2 memory frames); mel audio
-    unless ``audio_layers``/``audio_features`` say another encoder's shape (then no encoder is named)."""
+    unless ``audio_layers``/``audio_features`` say another encoder's shape (then no encoder is named, or
+    ``audio_encoder`` = (type, transformers config dict, state dict) is bundled)."""
     torch.manual_seed(seed)
     model = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=32, depth=1,
                                 num_heads=2, audio_dim=16, sample_size=8, frames_per_clip=TINY_FRAMES_PER_CLIP,
@@ -38,8 +40,13 @@ def make_tiny_bundle(path: Path, *, condition_dropout: dict | None = None, with_
     tensors, metadata = {}, {}
     if (audio_layers, audio_features) == (1, 80):
         metadata["audio_encoder_config"] = json.dumps({"type": "mel", "n_mels": 80})
+    if audio_encoder is not None:
+        kind, config, state_dict = audio_encoder
+        metadata["audio_encoder_config"] = json.dumps({"type": kind, "config": config})
+        tensors.update({f"audio_encoder.{k}": v.contiguous() for k, v in state_dict.items()})
     if with_vae:
-        tensors, vae_meta = vae_bundle_entries(build_vae(tiny_vae_config(), seed=seed))
+        vae_tensors, vae_meta = vae_bundle_entries(build_vae(tiny_vae_config(), seed=seed))
+        tensors.update(vae_tensors)
         metadata.update(vae_meta)
     if condition_dropout is not None:
         metadata["training"] = json.dumps({"condition_dropout": condition_dropout})

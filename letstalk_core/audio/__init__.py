@@ -7,6 +7,7 @@
 from .conditioning import AudioFeatures, encode_audio
 from .encoder_base import AudioEncoder
 from .encoders import (
+    audio_encoder_from_state_dict,
     check_audio_encoder_compatible,
     infer_wav2vec2_config,
     infer_whisper_config,
@@ -22,7 +23,7 @@ from .wav2vec2 import Wav2Vec2AudioEncoder
 from .whisper import WhisperAudioEncoder
 
 __all__ = [
-    "AudioEncoder", "AudioFeatures", "MelAudioEncoder", "MonoAudio", "Wav2Vec2AudioEncoder", "WhisperAudioEncoder",
+    "AudioEncoder", "AudioFeatures", "audio_encoder_from_state_dict", "MelAudioEncoder", "MonoAudio", "Wav2Vec2AudioEncoder", "WhisperAudioEncoder",
     "as_fps", "check_audio_encoder_compatible", "encode_audio", "frame_count", "frame_windows",
     "infer_wav2vec2_config", "infer_whisper_config", "load_audio", "load_audio_encoder", "normalize_loudness",
     "padded_frame_count", "wav2vec2_encoder_from_state_dict", "wav2vec2_state_dict", "whisper_encoder_state_dict",

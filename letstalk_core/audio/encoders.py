@@ -102,6 +102,29 @@ def wav2vec2_encoder_from_state_dict(
                                 chunk_seconds=chunk_seconds, context_seconds=context_seconds)
 
 
+def audio_encoder_from_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    kind: str,
+    *,
+    config=None,
+    source: str = "audio encoder state dict",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    normalize_waveform: bool = True,
+) -> AudioEncoder:
+    """A wav2vec2 or whisper encoder from weights in memory (e.g. the ``audio_encoder.`` part of a
+    checkpoint bundle); ``config`` is its transformers config (object or dict), else read off the shapes."""
+    if kind == "wav2vec2":
+        return wav2vec2_encoder_from_state_dict(state_dict, source=source, config=config, device=device, dtype=dtype,
+                                                normalize_waveform=normalize_waveform)
+    if kind == "whisper":
+        model_config = None if config is None else _as_config("whisper", config)
+        encoder, feature_extractor = _build_whisper(state_dict, model_config, Path(source), {})
+        return WhisperAudioEncoder(encoder.to(device, dtype), feature_extractor, source=source)
+    raise ValueError(f"{source}: audio encoder type {kind!r} is not known; accepted: 'wav2vec2', 'whisper' "
+                     "(and 'mel', which has no weights)")
+
+
 def check_audio_encoder_compatible(encoder: AudioEncoder, num_layers: int, feature_dim: int,
                                    expected_by: str = "the LetsTalk checkpoint") -> None:
     """Raise a ValueError naming both sides when ``encoder`` does not give ``num_layers x feature_dim``."""

@@ -167,10 +167,11 @@ def _sniff(path: Path) -> str:
     """'safetensors', 'torch' (zip or legacy pickle) or 'unknown', from the first bytes."""
     with open(path, "rb") as handle:
         head = handle.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "torch"
+    # safetensors first: its 8-byte header length may well start with 0x80, a pickle's first byte
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
     return "unknown"
 
 

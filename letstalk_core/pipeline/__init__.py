@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..audio import AudioFeatures, encode_audio, load_audio, load_audio_encoder
+from ..audio import AudioFeatures, audio_encoder_from_state_dict, encode_audio, load_audio, load_audio_encoder
 from ..audio.encoder_base import AudioEncoder
 from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
@@ -160,10 +160,14 @@ def load_parts(
     elif ckpt.audio_encoder_config is not None:
         spec = dict(ckpt.audio_encoder_config)
         kind = spec.pop("type", None)
-        if kind != "mel":
-            raise ValueError(f"checkpoint {name} names a {kind!r} audio encoder but carries no usable weights for "
-                             "it; pass the encoder (a Hugging Face folder or .safetensors) explicitly")
-        encoder = load_audio_encoder("mel", n_mels=int(spec.get("n_mels", 80)))
+        if kind == "mel":
+            encoder = load_audio_encoder("mel", n_mels=int(spec.get("n_mels", 80)))
+        elif ckpt.audio_encoder_state_dict:
+            encoder = audio_encoder_from_state_dict(ckpt.audio_encoder_state_dict, kind, config=spec.get("config"),
+                                                    source=f"the audio encoder bundled in {name}", device=device)
+        else:
+            raise ValueError(f"checkpoint {name} names a {kind!r} audio encoder but carries no weights for it; "
+                             "pass the encoder (a Hugging Face folder or .safetensors) explicitly")
     else:
         raise ValueError(f"checkpoint {name} does not say which audio encoder it was trained with; name one "
                          "(e.g. --audio-encoder path/to/wav2vec2-base-960h)")

@@ -299,3 +299,24 @@ def test_state_dicts_saved_from_a_ddp_wrapper_load(tmp_path):
 def test_heads_that_do_not_divide_the_width_name_the_file():
     with pytest.raises(CheckpointError, match=r"VDTcat\.ckpt.*not divisible by num_heads=5"):
         load_official_checkpoint(FIXTURES / "VDTcat.ckpt", num_heads=5)
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.torch import load_file as read_tensors
+
+    from letstalk_core.checkpoints import load_checkpoint as load_any, save_checkpoint as save_native
+    from letstalk_core.model import AudioProjection, LetsTalkTransformer
+
+    model = LetsTalkTransformer(variant="vdt", in_channels=4, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                                audio_dim=16, sample_size=8, frames_per_clip=4, memory_frames=0)
+    projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
+                                 intermediate_dim=16, num_tokens=2, output_dim=16)
+    for padding in range(0, 256):  # metadata of growing length until the header length's low byte is 0x80
+        path = save_native(tmp_path / "x.safetensors", model, projection, extra_metadata={"note": "n" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length ending in 0x80 was produced")
+    loaded = load_any(path)
+    assert loaded.source_format == "letstalk"
+    assert set(read_tensors(path)) >= {f"transformer.{k}" for k in model.state_dict()}

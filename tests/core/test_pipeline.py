@@ -169,3 +169,39 @@ def test_generate_cli(assets, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert bad.returncode != 0 and "steps must be an integer >= 1" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "whisper"])
+def test_bundle_carrying_its_audio_encoder_is_enough(assets, tmp_path, kind):
+    """`generate --checkpoint X --image --audio --out` needs nothing else when X bundles its encoder."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from letstalk_core.audio import load_audio_encoder
+
+    torch.manual_seed(0)
+    if kind == "wav2vec2":
+        config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+        encoder = Wav2Vec2Model(config)
+        layers = 2
+    else:
+        config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                               num_mel_bins=80, max_source_positions=1500)
+        encoder = WhisperEncoder(config)
+        layers = 3  # the embedding output and each layer
+    bundle = make_tiny_bundle(tmp_path / f"{kind}.safetensors", audio_layers=layers, audio_features=32,
+                              audio_encoder=(kind, config.to_dict(), encoder.state_dict()))
+    pipe = LetsTalkPipeline.from_pretrained(bundle)
+    assert pipe.audio_encoder.kind == kind and pipe.audio_encoder.num_layers == layers
+    out = pipe(assets["portrait"], assets["speech"], out=tmp_path / "talk.mp4", **FAST)
+    assert probe(out).frame_count == 25
+    if kind == "wav2vec2":  # the bundled encoder computes what the same weights give from a folder
+        from letstalk_core.audio import load_audio
+
+        folder = tmp_path / "wav2vec2_folder"
+        encoder.save_pretrained(folder)
+        speech = load_audio(str(assets["speech"]))
+        torch.testing.assert_close(pipe.audio_encoder.encode(speech, 25),
+                                   load_audio_encoder(folder).encode(speech, 25))
