@@ -59,7 +59,7 @@ def test_audio_shorter_than_a_frame_fails_naming_the_node_and_server_keeps_servi
     assert comfy.client.run(frame_count_workflow("after.wav", 25.0), timeout=300)["4"]["text"] == ["10"]
 
 
-def test_native_wav2vec2_from_comfyui_audio_encoder_loader(comfy):
+def test_wav2vec2_from_comfyui_loader_and_from_the_packs_loader(comfy):
     """A wav2vec2-base-sized encoder (random weights) loaded by ComfyUI's own AudioEncoderLoader."""
     import torch
     from safetensors.torch import save_file
@@ -94,4 +94,10 @@ def test_native_wav2vec2_from_comfyui_audio_encoder_loader(comfy):
         "9": {"class_type": "LetsTalkDecodeVideo", "inputs": {"video_latent": ["8", 0], "paste_back": False}},
         "10": {"class_type": "PreviewAny", "inputs": {"source": ["9", 2]}},
     })
+    assert comfy.client.run(workflow, timeout=600)["10"]["text"] == ["25.0"]
+
+    # the same file through the pack's own loader (Hugging Face key names, config read off the shapes)
+    workflow["11"] = {"class_type": "LoadLetsTalkAudioEncoder", "inputs": {"encoder_name": name}}
+    workflow["3"]["inputs"]["audio_encoder"] = ["11", 0]
+    workflow["8"]["inputs"]["seed"] = 1
     assert comfy.client.run(workflow, timeout=600)["10"]["text"] == ["25.0"]
