@@ -49,8 +49,9 @@ def test_free_returns_memory_to_where_it_was_before_the_model_loaded(comfy):
     letstalk = comfy.models_dir / "letstalk"
     make_tiny_bundle(letstalk / "mem_tiny.safetensors")
     torch.manual_seed(0)
-    big = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=384, depth=12,
-                              num_heads=6, audio_dim=16, sample_size=8, frames_per_clip=4, memory_frames=2)
+    # the official B width and depth: large enough that keeping it would break the 10% bound below
+    big = LetsTalkTransformer(variant="vdt_long", in_channels=4, patch_size=2, hidden_size=768, depth=12,
+                              num_heads=12, audio_dim=16, sample_size=8, frames_per_clip=4, memory_frames=2)
     projection = AudioProjection(window_size=5, input_features=80, num_layers=1, feature_dim=80,
                                  intermediate_dim=16, num_tokens=2, output_dim=16)
     tensors, metadata = vae_bundle_entries(build_vae(tiny_vae_config(), seed=0))
@@ -65,6 +66,8 @@ def test_free_returns_memory_to_where_it_was_before_the_model_loaded(comfy):
     before = settle(comfy)
     comfy.client.run(workflow("mem_big.safetensors", "mem/big"))
     loaded = rss(comfy.process.pid)
-    assert loaded - before > 0.8 * model_bytes, (before, loaded, model_bytes)
+    # the model was really loaded (part of its memory may reuse pages freed earlier in the process)
+    assert loaded - before > 0.5 * model_bytes, (before, loaded, model_bytes)
+    assert loaded > before * 1.10 + 0.25 * model_bytes  # so the bound below can tell kept from freed
     after = settle(comfy, target=int(before * 1.10))
     assert after <= before * 1.10, f"RSS before load {before / 2**20:.0f} MiB, after /free {after / 2**20:.0f} MiB"
