@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..video import iter_video_frames
+
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -100,31 +102,11 @@ def _save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 
 # ---- decoding and cropping -----------------------------------------------------------------------
-def _iter_frames(path: Path, fps: float, chunk_size: int = 32):
-    """uint8 chunks ``[n, H, W, 3]`` of the video resampled to ``fps`` by ffmpeg."""
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=["-vf", f"fps={fps:g}"])
-    try:
-        meta = next(reader)
-        width, height = meta["size"]
-        chunk = []
-        for raw in reader:
-            chunk.append(np.frombuffer(raw, np.uint8).reshape(height, width, 3))
-            if len(chunk) == chunk_size:
-                yield np.stack(chunk)  # [chunk_size, H, W, 3]
-                chunk = []
-        if chunk:
-            yield np.stack(chunk)  # [rest, H, W, 3]
-    finally:
-        reader.close()
-
-
 def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, min_probability: float = 0.9):
     """One square crop box for the whole video and whether it comes from a detected face."""
     from ..latents import center_crop_box, detect_face, face_crop_box
 
-    frames = [frame for chunk in _iter_frames(path, DETECTION_FPS) for frame in chunk]
+    frames = [frame for chunk in iter_video_frames(path, 32, fps=DETECTION_FPS) for frame in chunk]
     if not frames:
         raise VideoSkipped("no decodable video frames")
     if len(frames) > MAX_DETECTION_FRAMES:
@@ -154,7 +136,7 @@ def crop_frames(path: Path, crop_box, size: int, fps: float) -> torch.Tensor:
     from ..latents import crop_and_resize
 
     out = []
-    for chunk in _iter_frames(path, fps):
+    for chunk in iter_video_frames(path, 32, fps=fps):
         for frame in chunk:
             pixels = crop_and_resize(torch.from_numpy(frame).float() / 255.0, crop_box, size)  # [1, 3, S, S] -1..1
             out.append(((pixels[0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8))

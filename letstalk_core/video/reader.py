@@ -160,14 +160,19 @@ def _stream_lines(header: str) -> str:
     return "; ".join(lines) if lines else "no streams"
 
 
-def iter_video_frames(path: PathLike, chunk_size: int = 16) -> Iterator[np.ndarray]:
-    """Yield the frames of a video as uint8 chunks ``[<=chunk_size, H, W, 3]``."""
+def iter_video_frames(path: PathLike, chunk_size: int = 16, fps=None) -> Iterator[np.ndarray]:
+    """Yield the frames of a video as uint8 chunks ``[<=chunk_size, H, W, 3]``; with ``fps``, ffmpeg
+    resamples the video to that frame rate first."""
     import imageio_ffmpeg
 
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     file = _existing_file(path)
-    reader = imageio_ffmpeg.read_frames(str(file), pix_fmt="rgb24")
+    output_params = None
+    if fps is not None:
+        rate = as_fps(fps)
+        output_params = ["-vf", f"fps={rate.numerator}/{rate.denominator}"]
+    reader = imageio_ffmpeg.read_frames(str(file), pix_fmt="rgb24", output_params=output_params)
     try:
         meta = reader.__next__()
         width, height = meta["size"]
