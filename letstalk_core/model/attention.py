@@ -111,7 +111,20 @@ class AudioCrossAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(seqs, tokens, dim))
 
 
-class SpatialAttention(nn.Module):
+class _FrameAttention(nn.Module):
+    """Self-attention within each frame's tokens: ``to_qkv`` (with optional modulation), then the
+    subclass's ``attend_projected``."""
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """x ``[B, F, L, D]`` (attention within each of the B x F sequences of L tokens), optionally
+        modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
+        batch, frames, length, dim = x.shape
+        seqs = batch * frames
+        return self.attend_projected(modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3 * dim))
+
+
+class SpatialAttention(_FrameAttention):
     """Softmax self-attention over the tokens of one frame (video and portrait tokens together)."""
 
     def __init__(self, dim: int, num_heads: int):
@@ -122,14 +135,6 @@ class SpatialAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.to_out = nn.Linear(dim, dim, bias=True)
 
-    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """x ``[B, F, L, D]`` (attention within each of the B x F sequences of L tokens), optionally
-        modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
-        batch, frames, length, dim = x.shape
-        seqs = batch * frames
-        return self.attend_projected(modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3 * dim))
-
     def attend_projected(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv ``[S, L, 3D]`` (output of ``to_qkv``, possibly with folded modulation) -> ``[S, L, D]``."""
         seqs, length, dim = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
@@ -139,7 +144,7 @@ class SpatialAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(seqs, length, dim))
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(_FrameAttention):
     """ReLU-kernel linear attention (``lite`` variant): heads are contiguous channel groups of
     ``head_dim``; ``out_i = sum_j (v_j k_j^T) q_i / (sum_j k_j^T q_i + eps)``, accumulated in float32."""
 
@@ -151,14 +156,6 @@ class LinearAttention(nn.Module):
         self.eps = eps
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=True)
-
-    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """x ``[B, F, L, D]`` (attention within each of the B x F sequences of L tokens), optionally
-        modulated by per-sample ``shift``/``scale`` ``[B, D]`` -> ``[B*F, L, D]``."""
-        batch, frames, length, dim = x.shape
-        seqs = batch * frames
-        return self.attend_projected(modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3 * dim))
 
     def attend_projected(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv ``[S, L, 3D]`` (output of ``to_qkv``, possibly with folded modulation; overwritten at
