@@ -11,7 +11,7 @@ import torch
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
-from letstalk_core.pipeline import iter_frames, write_video
+from letstalk_core.pipeline import iter_frames, speech_for_frames, write_video
 
 log = logging.getLogger("letstalk")
 
@@ -70,12 +70,8 @@ class DecodeVideo(io.ComfyNode):
     def execute(cls, video_latent, paste_back, vae=None) -> io.NodeOutput:
         info = letstalk_info(video_latent)
         frames = torch.cat(list(decoded_frames(video_latent, info, paste_back, vae)), dim=0)  # [F, H, W, 3] 0..1
-        speech = info["speech"]
-        fps = info["fps"]
-        samples = round(frames.shape[0] / fps * speech.sample_rate)
-        waveform = speech.samples[:samples]
-        if waveform.shape[0] < samples:  # the last frame outlasts the speech: pad with silence
-            waveform = torch.nn.functional.pad(waveform, (0, samples - waveform.shape[0]))
+        speech, fps = info["speech"], info["fps"]
+        waveform = speech_for_frames(speech, frames.shape[0], fps)  # [T]
         audio = {"waveform": waveform.reshape(1, 1, -1).float(), "sample_rate": speech.sample_rate}
         return io.NodeOutput(frames, audio, float(fps))
 

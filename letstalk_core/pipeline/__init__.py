@@ -286,6 +286,17 @@ def iter_frames(
             yield frames
 
 
+def speech_for_frames(speech: MonoAudio, num_frames: int, fps) -> torch.Tensor:
+    """The speech trimmed (or padded with silence) to exactly ``num_frames`` video frames -> ``[T]``."""
+    from ..audio import as_fps
+
+    samples = round(num_frames / as_fps(fps) * speech.sample_rate)
+    waveform = speech.samples[:samples]
+    if waveform.shape[0] < samples:  # the last frame outlasts the speech
+        waveform = torch.nn.functional.pad(waveform, (0, samples - waveform.shape[0]))
+    return waveform
+
+
 def write_video(destination: str | Path | Mp4Writer, frames: Iterator[torch.Tensor], fps,
                 speech: MonoAudio | None) -> Path:
     """Stream frames into an mp4 with the speech muxed in. Atomic: when anything fails (or sampling is
