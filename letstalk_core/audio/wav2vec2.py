@@ -120,8 +120,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
                 cnn = self._cnn_features(waveform, first, last, conv0_stats)  # [last - first + 1, C]
             cached, cached_first = cnn, first
             frame_inputs = lerp_rows(cnn, positions, first)  # [hi - lo, C]
-            layers = self._transformer_layers(frame_inputs)  # [hi - lo, L, D]
-            features[start:stop] = layers[start - lo : stop - lo].float().cpu()
+            self._transformer_layers(frame_inputs, features[start:stop], start - lo)
         return features
 
     def _cnn_features(self, waveform: torch.Tensor, first: int, last: int, conv0_stats) -> torch.Tensor:
@@ -178,13 +177,19 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         var = (square - mean.square()).clamp_min(0)
         return mean.float(), var.float()
 
-    def _transformer_layers(self, frame_inputs: torch.Tensor) -> torch.Tensor:
-        """Feature projection + transformer on ``frame_inputs [N, C]`` -> every layer's output ``[N, L, D]``."""
+    def _transformer_layers(self, frame_inputs: torch.Tensor, out: torch.Tensor, offset: int = 0) -> None:
+        """Feature projection + transformer on ``frame_inputs [N, C]``; rows ``offset .. offset + len(out)`` of
+        every layer's output are written into ``out [n, L, D]`` as each layer finishes (no copy of all layers
+        is held, so a chunk's memory does not grow with the layer count)."""
         projected, _ = self.model.feature_projection(frame_inputs[None].to(self.dtype))  # [1, N, D]
-        layer_outputs: list[torch.Tensor] = []
+        rows = slice(offset, offset + out.shape[0])
+        done = 0
 
         def keep(_module, _inputs, output):
-            layer_outputs.append(output[0] if isinstance(output, tuple) else output)
+            nonlocal done
+            hidden = output[0] if isinstance(output, tuple) else output  # [1, N, D]
+            out[:, done] = hidden[0, rows]
+            done += 1
 
         hooks = [layer.register_forward_hook(keep) for layer in self.model.encoder.layers]
         try:
@@ -192,8 +197,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         finally:
             for hook in hooks:
                 hook.remove()
-        if len(layer_outputs) != self.num_layers:
-            raise RuntimeError(f"expected {self.num_layers} transformer layer outputs, got {len(layer_outputs)}")
+        if done != self.num_layers:
+            raise RuntimeError(f"expected {self.num_layers} transformer layer outputs, got {done}")
         if self._stable_layer_norm:
-            layer_outputs[-1] = last  # transformers 4.x: the last hidden state after the final LayerNorm
-        return torch.stack(layer_outputs, dim=2)[0]  # [N, L, D]
+            out[:, -1] = last[0, rows]  # transformers 4.x: the last hidden state after the final LayerNorm
