@@ -13,8 +13,9 @@ from comfy_api.latest import io
 
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
 from letstalk_core.latents import LatentCodec, load_vae
+from letstalk_core.pipeline import DEMO_CHECKPOINT
 
-from .paths import checkpoint_choices, resolve_checkpoint
+from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel
 
 log = logging.getLogger("letstalk")
@@ -57,6 +58,7 @@ class LoadedLetsTalk:
 class LoadLetsTalkModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        choices = checkpoint_choices()
         return io.Schema(
             node_id="LoadLetsTalkModel",
             display_name="Load LetsTalk Model",
@@ -64,8 +66,9 @@ class LoadLetsTalkModel(io.ComfyNode):
             description="Loads a LetsTalk checkpoint: this pack's .safetensors (possibly a bundle with its VAE "
                         "and audio encoder) or the authors' .ckpt/.pt/.pth (read safely, without running code).",
             inputs=[
-                io.Combo.Input("checkpoint", options=checkpoint_choices(),
-                               tooltip="A file in models/letstalk/ (or models/diffusion_models/)."),
+                io.Combo.Input("checkpoint", options=choices, default=default_checkpoint(choices),
+                               tooltip="A file in models/letstalk/ (or models/diffusion_models/); "
+                                       f"{DEMO_CHECKPOINT.name} is the pack's bundled demo model."),
                 io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
                                tooltip="Weights dtype. auto: what ComfyUI picks for the device (fp32 on a CPU)."),
             ],

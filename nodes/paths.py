@@ -7,17 +7,28 @@ from pathlib import Path
 
 import folder_paths
 
+from letstalk_core.pipeline import DEMO_CHECKPOINT
+
 LETSTALK_FOLDER = "letstalk"
 CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
 
 
 def register_model_folders() -> None:
-    """``models/letstalk/`` for LetsTalk checkpoints; ``audio_encoders`` is ComfyUI's own folder."""
+    """``models/letstalk/`` for LetsTalk checkpoints, then the pack's own ``models/`` folder, where the
+    bundled demo model lives (so it is a choice without copying it); ``audio_encoders`` is ComfyUI's own."""
     target = os.path.join(folder_paths.models_dir, LETSTALK_FOLDER)
     if LETSTALK_FOLDER not in folder_paths.folder_names_and_paths:
         folder_paths.folder_names_and_paths[LETSTALK_FOLDER] = ([target], CHECKPOINT_EXTENSIONS)
     elif target not in folder_paths.folder_names_and_paths[LETSTALK_FOLDER][0]:
         folder_paths.add_model_folder_path(LETSTALK_FOLDER, target)
+    bundled = str(DEMO_CHECKPOINT.parent)
+    if bundled not in folder_paths.folder_names_and_paths[LETSTALK_FOLDER][0]:
+        folder_paths.add_model_folder_path(LETSTALK_FOLDER, bundled)
+
+
+def default_checkpoint(choices: list[str]) -> str | None:
+    """The bundled demo model when it is a choice (also when a copy of it sits in models/letstalk/)."""
+    return DEMO_CHECKPOINT.name if DEMO_CHECKPOINT.name in choices else (choices[0] if choices else None)
 
 
 def audio_encoder_choices() -> list[str]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up (idempotent), then run the bundled example workflow through real ComfyUI:
-# the bundled portrait and speech sample go through the pack's nodes with the bundled demo model,
+# the bundled portrait and speech sample go through the pack's nodes with the bundled demo model
+# (models/letstalk-demo.safetensors, which the pack offers as a checkpoint choice by itself),
 # and the talking video is written under output/. Prints the path of the mp4.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,4 +25,4 @@ fi
 
 mkdir -p "$ROOT/output"
 exec "$ROOT/.venv/bin/python" "$ROOT/scripts/comfy_harness.py" run "$WORKFLOW" \
-    --output-dir "$ROOT/output" --input "$PORTRAIT" --input "$SPEECH" --model "letstalk=$MODEL"
+    --output-dir "$ROOT/output" --input "$PORTRAIT" --input "$SPEECH"
