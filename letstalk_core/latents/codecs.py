@@ -126,10 +126,9 @@ class LatentCodec(nn.Module):
 
     @property
     def downscale_factor(self) -> int:
-        cfg = self.vae.config
-        if self.kind == "dc_ae":
-            return 2 ** (len(cfg.encoder_block_out_channels) - 1)
-        return 2 ** (len(cfg.block_out_channels) - 1)
+        from .loading import config_downscale_factor
+
+        return config_downscale_factor(dict(self.vae.config))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -48,8 +48,11 @@ SHIPPED_CONFIGS = {
     "sd_vae": "sd_vae_ft_mse.json",
     "dc_ae": "dc_ae_f32c32_sana_1_0.json",
     "demo_vae": "demo_vae.json",
+    "demo_vae_f4": "demo_vae_f4.json",
 }
 METADATA_CONFIG_KEY = "config"
+# shipped configs that are a variant of a codec kind (same kind of VAE, other layout)
+CODEC_KIND_OF_CONFIG = {"demo_vae_f4": "demo_vae"}
 BUNDLE_CONFIG_KEY = "vae_config"
 BUNDLE_PREFIX = "vae."
 _LDM_PREFIXES = ("first_stage_model.", "vae.")
@@ -65,11 +68,20 @@ PathOrState = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
 def load_shipped_config(kind: str) -> dict:
-    """The diffusers config shipped in ``configs/`` for ``"sd_vae"``, ``"dc_ae"`` or ``"demo_vae"``."""
+    """The diffusers config shipped in ``configs/`` for ``"sd_vae"``, ``"dc_ae"``, ``"demo_vae"`` (f8) or
+    ``"demo_vae_f4"`` (f4: 16x16 latents at 64 px, so that a small face's mouth spans several latents)."""
     if kind not in SHIPPED_CONFIGS:
         raise ValueError(f"kind: expected one of {sorted(SHIPPED_CONFIGS)}, got {kind!r}")
     with open(CONFIG_DIR / SHIPPED_CONFIGS[kind], encoding="utf-8") as f:
         return json.load(f)
+
+
+def config_downscale_factor(config: Mapping[str, Any]) -> int:
+    """Pixels per latent along a side for a diffusers VAE config (AutoencoderKL or DC-AE)."""
+    blocks = config.get("encoder_block_out_channels") or config.get("block_out_channels")
+    if not blocks:
+        raise ValueError("VAE config has neither block_out_channels nor encoder_block_out_channels")
+    return 2 ** (len(blocks) - 1)
 
 
 def build_vae(config: Mapping[str, Any], *, kind: Optional[str] = None, seed: Optional[int] = None) -> LatentCodec:
@@ -161,7 +173,7 @@ def load_vae(
 
     codec = LatentCodec(
         vae,
-        kind or _default_kind(type(vae).__name__, vae.config),
+        CODEC_KIND_OF_CONFIG.get(kind, kind) or _default_kind(type(vae).__name__, vae.config),
         scaling_factor=scaling_factor,
         chunk_size=chunk_size,
     )

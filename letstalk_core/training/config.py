@@ -138,11 +138,13 @@ class TrainConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     # ---- derived ---------------------------------------------------------------------------------
-    def transformer_kwargs(self, audio_dim: int | None = None) -> dict:
-        """Constructor arguments of the ``LetsTalkTransformer`` to train."""
+    def transformer_kwargs(self, audio_dim: int | None = None, downscale_factor: int | None = None) -> dict:
+        """Constructor arguments of the ``LetsTalkTransformer`` to train (``downscale_factor``: the VAE's,
+        when known; else it follows from ``vae.config``)."""
         m = self.model
         kwargs = transformer_config(m.variant, m.size or "S", patch_size=m.patch_size, in_channels=m.in_channels,
-                                    sample_size=latent_size_for(self), frames_per_clip=m.frames_per_clip,
+                                    sample_size=latent_size_for(self, downscale_factor),
+                                    frames_per_clip=m.frames_per_clip,
                                     memory_frames=m.memory_frames, audio_dim=audio_dim or self.audio.output_dim)
         if m.size is None:
             kwargs.update(hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads)
@@ -158,8 +160,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def latent_size_for(config: TrainConfig, downscale_factor: int = 8) -> int:
-    """Latent side for the configured pixel resolution (the VAEs used here downscale by 8)."""
+def latent_size_for(config: TrainConfig, downscale_factor: int | None = None) -> int:
+    """Latent side for the configured pixel resolution: ``downscale_factor`` when given (the loaded VAE's),
+    else that of the shipped VAE config ``vae.config`` names, else 8 (SD-style VAEs)."""
+    if downscale_factor is None:
+        from ..latents import config_downscale_factor, load_shipped_config
+
+        try:
+            downscale_factor = config_downscale_factor(load_shipped_config(config.vae.config))
+        except (ValueError, TypeError):
+            downscale_factor = 8
     return config.data.resolution // downscale_factor
 
 

@@ -132,7 +132,8 @@ class TransformerTrainer:
             raise ValueError("training on pixels needs a VAE: set vae.path or add the 'vae' stage")
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
-        self.model = LetsTalkTransformer(**config.transformer_kwargs())
+        factor = self.codec.downscale_factor if self.codec is not None else None
+        self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor))
         self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
                                                                             self.encoder.feature_dim))
         if t.gradient_checkpointing:

@@ -15,6 +15,7 @@ from letstalk_core.latents import (
     LatentCodec,
     build_vae,
     check_latent_channels,
+    config_downscale_factor,
     detect_vae_layout,
     images_from_comfy,
     images_to_comfy,
@@ -184,6 +185,10 @@ def test_shipped_configs_describe_the_published_vaes():
     demo = build_vae(load_shipped_config("demo_vae"), seed=0)
     assert (demo.kind, demo.latent_channels, demo.downscale_factor) == ("demo_vae", 4, 8)
     assert sum(p.numel() for p in demo.parameters()) < 2_000_000
+    demo_f4 = build_vae(load_shipped_config("demo_vae_f4"), seed=0)
+    assert (demo_f4.kind, demo_f4.latent_channels, demo_f4.downscale_factor) == ("demo_vae", 4, 4)
+    assert demo_f4.encode(torch.zeros(1, 3, 64, 64)).shape == (1, 4, 16, 16)
+    assert config_downscale_factor(load_shipped_config("dc_ae")) == 32
 
 
 # ---------------------------------------------------------------------------------------------- encode/decode

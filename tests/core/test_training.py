@@ -295,7 +295,9 @@ def test_config_checks_and_presets(tmp_path, tiny_vae):
     assert {"demo", "S", "B", "L", "XL"} <= set(preset_names())
     demo = load_preset("demo", base_dir=tmp_path)
     assert demo.stages == ["vae", "transformer"] and demo.model.variant == "vdt_long"
-    assert demo.transformer_kwargs()["sample_size"] == 8 and demo.output_dir == str(tmp_path / "runs" / "demo")
+    # 64 px through the f4 demo VAE: 16x16 latents; a VAE that is known (loaded) decides over the config
+    assert demo.transformer_kwargs()["sample_size"] == 16 and demo.output_dir == str(tmp_path / "runs" / "demo")
+    assert demo.transformer_kwargs(downscale_factor=8)["sample_size"] == 8
     xl = load_preset("XL", {"data": {"path": "prepared"}, "vae": {"path": "sd-vae"}}, base_dir=tmp_path)
     kwargs = xl.transformer_kwargs()
     assert (kwargs["depth"], kwargs["hidden_size"], kwargs["num_heads"], kwargs["sample_size"]) == (28, 1152, 16, 32)
