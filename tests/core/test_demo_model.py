@@ -1,0 +1,54 @@
+"""The bundled demo model: it is there, within its size, loads like any checkpoint, and lip-syncs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from letstalk_core.checkpoints import load_checkpoint
+from letstalk_core.evaluation import evaluate_checkpoint
+from letstalk_core.pipeline import DEMO_CHECKPOINT, LetsTalkPipeline
+from letstalk_core.video import probe
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
+
+# Until the demo model is trained and bundled (issue 6) these tests are skipped, saying so in the report.
+pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason=f"the demo model {DEMO_CHECKPOINT.name} is "
+                                "not bundled yet (issue 6)")
+
+
+def test_demo_bundle_is_shipped_within_50_mb():
+    assert DEMO_CHECKPOINT.is_file(), f"{DEMO_CHECKPOINT} is missing"
+    assert DEMO_CHECKPOINT.stat().st_size <= 50 * 2**20
+    assert (DEMO_CHECKPOINT.parent / "README.md").is_file(), "the demo model has no model card"
+
+
+def test_demo_bundle_loads_through_load_checkpoint():
+    ckpt = load_checkpoint(DEMO_CHECKPOINT)
+    assert ckpt.model.config.variant == "vdt_long"
+    assert ckpt.vae_state_dict, "the demo bundle carries its VAE"
+    assert ckpt.audio_encoder_config["type"] == "mel"
+    assert ckpt.memory_frames >= 1
+    assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+
+
+def test_generate_defaults_to_the_demo_model_and_animates_the_bundled_example(tmp_path):
+    pipe = LetsTalkPipeline.from_pretrained()
+    out = pipe(EXAMPLES / "portrait.png", EXAMPLES / "speech.wav", out=tmp_path / "demo.mp4",
+               sampler="ddim", steps=10, seed=0)
+    info = probe(out)
+    assert info.frame_count == math.ceil(6.0 * 25)
+    assert info.has_audio
+
+
+def test_demo_model_lip_syncs_held_out_faces_and_speech():
+    """The trained weights follow the speech: the generated mouth opening correlates with the truth
+    clearly better than a video made for other speech does (the full table is in models/README.md)."""
+    report = evaluate_checkpoint(None, identities=2, seconds=4.0, drift_seconds=0, steps=10)
+    metrics = report["metrics"]
+    assert metrics["sync"] >= 0.5, metrics
+    assert metrics["sync"] - metrics["sync_floor"] >= 0.3, metrics
