@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ class VideoRecord:
     audio_features: torch.Tensor  # [N, L, D]
     frames: Optional[torch.Tensor] = None  # [N, S, S, 3] uint8
     latents: Optional[torch.Tensor] = None  # [N, C, h, w]
+    # (top, bottom, left, right) around the mouth, as fractions of the frame side; None when unknown
+    mouth_box: Optional[tuple[float, float, float, float]] = None
 
     @property
     def num_frames(self) -> int:
@@ -145,9 +148,15 @@ class SyntheticSource:
                            sample_rate=sample_rate, source=name)
         return encode_audio(speech, self.encoder, fps=self.fps).features  # [Na, L, D]
 
-    def _record(self, name: str, frames: torch.Tensor, features: torch.Tensor) -> VideoRecord:
+    def _record(self, name: str, frames: torch.Tensor, features: torch.Tensor, identity_seed=None) -> VideoRecord:
+        from .synthetic import mouth_box, sample_identity
+
         count = min(int(frames.shape[0]), int(features.shape[0]))
-        return VideoRecord(name, features[:count].float(), frames=frames[:count])
+        box = None
+        if identity_seed is not None:  # the renderer's mouth box, in fractions of the frame (any resolution)
+            scale = 4096
+            box = tuple(v / scale for v in mouth_box(sample_identity(int(identity_seed)), scale))
+        return VideoRecord(name, features[:count].float(), frames=frames[:count], mouth_box=box)
 
     def _load_folder(self, index: int) -> VideoRecord:
         from ..video import decode_audio, read_video_frames
@@ -155,8 +164,11 @@ class SyntheticSource:
         path = self.videos[index]
         frames = torch.from_numpy(read_video_frames(path))  # [N, H, W, 3] uint8
         sidecar = path.with_suffix(".json")
+        identity_seed = None
         if sidecar.is_file():
-            fps = json.loads(sidecar.read_text()).get("fps", str(self.fps))
+            info = json.loads(sidecar.read_text())
+            identity_seed = info.get("identity_seed")
+            fps = info.get("fps", str(self.fps))
             if str(fps) != str(self.fps):
                 raise ValueError(f"synthetic video {path.name} has {fps} fps, the config asks for data.fps {self.fps}")
         if frames.shape[1] != self.resolution or frames.shape[2] != self.resolution:
@@ -164,7 +176,8 @@ class SyntheticSource:
             pixels = F.interpolate(pixels, size=(self.resolution, self.resolution), mode="bicubic", antialias=True)
             frames = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         samples, _ = decode_audio(path, SAMPLE_RATE, mono=True)  # [S, 1]
-        return self._record(path.name, frames, self._features(samples[:, 0], SAMPLE_RATE, f"audio of {path.name}"))
+        return self._record(path.name, frames, self._features(samples[:, 0], SAMPLE_RATE, f"audio of {path.name}"),
+                            identity_seed)
 
     def _render(self, index: int) -> VideoRecord:
         from .synthetic import animate_face, make_speech_track, render_face, sample_identity
@@ -175,7 +188,8 @@ class SyntheticSource:
         motion = animate_face(track.audio, track.sample_rate, self.fps, seed=self.motion_seeds[index],
                               num_frames=int(features.shape[0]))
         frames = np.stack([render_face(identity, motion.pose(i), self.resolution) for i in range(len(motion))])
-        return self._record(self.names[index], torch.from_numpy(frames), features)  # frames [N, S, S, 3]
+        return self._record(self.names[index], torch.from_numpy(frames), features,
+                            self.identities[index])  # frames [N, S, S, 3]
 
 
 @dataclass
@@ -188,6 +202,7 @@ class ClipSample:
     video_index: int
     start: int
     reference_index: int
+    mouth_box: Optional[tuple[float, float, float, float]] = None  # fractions (top, bottom, left, right)
 
 
 def _as_pixels(frames: torch.Tensor) -> torch.Tensor:
@@ -230,7 +245,8 @@ class ClipDataset:
             if memory_indices else clip[:0]  # [K, ...]
         windows = frame_windows(record.audio_features, self.window_radius)[start:start + clip_length]  # [F, 2r+1, L, D]
         return ClipSample(clip=clip, portrait=portrait[0], memory=memory, audio_windows=windows.float(),
-                          video=record.name, video_index=index, start=start, reference_index=reference)
+                          video=record.name, video_index=index, start=start, reference_index=reference,
+                          mouth_box=record.mouth_box)
 
 
 def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
@@ -239,7 +255,23 @@ def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
         "portrait": torch.stack([s.portrait for s in samples]),  # [B, ...]
         "memory": torch.stack([s.memory for s in samples]),  # [B, K, ...]
         "audio_windows": torch.stack([s.audio_windows for s in samples]),  # [B, F, 2r+1, L, D]
+        # (top, bottom, left, right) fractions; NaN where a video does not know its mouth
+        "mouth_box": torch.tensor([s.mouth_box if s.mouth_box is not None else (math.nan,) * 4 for s in samples],
+                                  dtype=torch.float32),  # [B, 4]
     }
+
+
+def mouth_weights(mouth_box: torch.Tensor, height: int, width: int, weight: float) -> torch.Tensor:
+    """Loss weights ``[B, 1, 1, height, width]`` on a latent grid: ``1 + weight`` for latents that overlap
+    the mouth box (``[B, 4]`` fractions top, bottom, left, right; NaN rows: no box), 1 elsewhere."""
+    rows = (torch.arange(height, dtype=torch.float32) + 0.5) / height  # latent centres, [h]
+    cols = (torch.arange(width, dtype=torch.float32) + 0.5) / width  # [w]
+    half_h, half_w = 0.5 / height, 0.5 / width  # a latent overlaps the box when its cell does
+    top, bottom, left, right = (mouth_box[:, i, None] for i in range(4))  # each [B, 1]
+    in_rows = (rows + half_h > top) & (rows - half_h < bottom)  # [B, h] (False for NaN)
+    in_cols = (cols + half_w > left) & (cols - half_w < right)  # [B, w]
+    inside = (in_rows[:, :, None] & in_cols[:, None, :]).float()  # [B, h, w]
+    return (1.0 + weight * inside)[:, None, None]  # [B, 1, 1, h, w]
 
 
 class DataOrder:

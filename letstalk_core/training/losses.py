@@ -165,16 +165,24 @@ def diffusion_loss(
     x_t: torch.Tensor,
     noise: torch.Tensor,
     timestep: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> DiffusionLoss:
     """Epsilon MSE plus the variance bound for a learned-sigma output.
 
-    ``model_output [B, F, 2C, H, W]``, ``x_start``/``x_t``/``noise [B, F, C, H, W]``, ``timestep [B]``.
+    ``model_output [B, F, 2C, H, W]``, ``x_start``/``x_t``/``noise [B, F, C, H, W]``, ``timestep [B]``;
+    ``weights`` (broadcastable to the latents, e.g. ``[B, 1, 1, H, W]``) make the epsilon MSE a weighted
+    mean per sample; the variance bound stays unweighted.
     """
     if model_output.dim() != x_start.dim() or model_output.shape[2] != 2 * x_start.shape[2] or (
             model_output.shape[:2] + model_output.shape[3:] != x_start.shape[:2] + x_start.shape[3:]):
         raise ValueError(f"model_output {tuple(model_output.shape)} must be [B, F, 2C, H, W] for latents "
                          f"{tuple(x_start.shape)} (a learn_sigma model)")
     eps, variance_values = model_output.float().chunk(2, dim=2)  # each [B, F, C, H, W]
-    mse = _mean_over_sample((noise.float() - eps) ** 2)  # [B]
+    squared = (noise.float() - eps) ** 2  # [B, F, C, H, W]
+    if weights is None:
+        mse = _mean_over_sample(squared)  # [B]
+    else:  # a weighted mean: the loss keeps its scale whatever the weights
+        weights = weights.to(squared).expand_as(squared)
+        mse = _mean_over_sample(weights * squared) / _mean_over_sample(weights)
     vb = variational_bound_terms(schedule, eps.detach(), variance_values, x_start.float(), x_t.float(), timestep)
     return DiffusionLoss(loss=(mse + vb).mean(), mse=mse, vb=vb)

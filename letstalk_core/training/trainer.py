@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..checkpoints import save_checkpoint
 from ..model import AudioProjection, LetsTalkTransformer
 from .config import TrainConfig, save_config
-from .data import ClipDataset, DataOrder, _Cache, build_source, collate
+from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
 from .losses import DiffusionSchedule, diffusion_loss
 from .recipe import (
     add_pixel_noise,
@@ -265,7 +265,11 @@ class TransformerTrainer:
         noisy = self.schedule.q_sample(latents, timesteps, noise)
         audio_tokens = self.audio_proj(audio_windows)  # [B, F, M, D]
         output = self.model(noisy, timesteps, portrait_latents, audio_tokens, memory_latents)  # [B, F, 2C, h, w]
-        return diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps)
+        weights = None
+        if r.mouth_loss_weight and "mouth_box" in batch:
+            weights = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1],
+                                    r.mouth_loss_weight).to(device)  # [B, 1, 1, h, w]
+        return diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps, weights)
 
     def train_step(self) -> Optional[float]:
         """One batch; returns the loss of the batch. The optimiser steps every

@@ -336,5 +336,54 @@ def test_synthetic_source_from_a_generated_folder(tmp_path):
     assert float(record.frames.float().std()) > 10 and float(record.audio_features.std()) > 0.5
     sample = ClipDataset(source, frames_per_clip=8, memory_frames=2).sample(0, torch.Generator().manual_seed(0))
     assert tuple(sample.clip.shape) == (8, 3, 32, 32) and float(sample.clip.min()) >= -1 and float(sample.clip.max()) <= 1
+    # the sidecar's identity gives the renderer's mouth box: in the lower middle of the frame
+    top, bottom, left, right = sample.mouth_box
+    assert 0.5 < top < bottom < 0.95 and 0.25 < left < 0.5 < right < 0.75
     with pytest.raises(ValueError, match="no .mp4"):
         SyntheticSource(load_audio_encoder("mel"), resolution=32, folder=tmp_path)
+
+
+# ---- mouth-weighted loss (beyond the authors' recipe) ---------------------------------------------
+def test_mouth_weights_mark_the_latents_over_the_mouth():
+    from letstalk_core.training.data import mouth_weights
+
+    boxes = torch.tensor([[0.5, 0.75, 0.25, 0.5], [math.nan] * 4])  # [2, 4] top, bottom, left, right
+    weights = mouth_weights(boxes, 4, 4, 3.0)  # [2, 1, 1, 4, 4]
+    assert weights.shape == (2, 1, 1, 4, 4)
+    expected = torch.ones(4, 4)
+    expected[2, 1] = 4.0  # the one cell of a 4x4 grid that the box covers (rows 2, column 1)
+    torch.testing.assert_close(weights[0, 0, 0], expected)
+    assert torch.equal(weights[1], torch.ones(1, 1, 4, 4))  # no box: uniform
+    # a box that only touches a cell counts it; one strictly inside a cell marks just that cell
+    assert int((mouth_weights(torch.tensor([[0.30, 0.45, 0.30, 0.45]]), 2, 2, 1.0) > 1).sum()) == 1
+
+
+def test_weighted_epsilon_loss_is_a_weighted_mean():
+    schedule = DiffusionSchedule.training()
+    generator = torch.Generator().manual_seed(5)
+    x0, noise = torch.randn(2, 3, 4, 4, 4, generator=generator), torch.randn(2, 3, 4, 4, 4, generator=generator)
+    timestep = torch.tensor([10, 500])
+    xt = schedule.q_sample(x0, timestep, noise)
+    output = torch.cat([noise, torch.zeros_like(noise)], dim=2)  # a perfect epsilon ...
+    output[:, :, :4, 0, 0] += 1.0  # ... wrong by 1 at one latent position
+    plain = diffusion_loss(schedule, output, x0, xt, noise, timestep)
+    uniform = diffusion_loss(schedule, output, x0, xt, noise, timestep, torch.full((2, 1, 1, 4, 4), 7.0))
+    torch.testing.assert_close(uniform.mse, plain.mse)
+    torch.testing.assert_close(plain.mse, torch.full((2,), 1 / 16))
+    weights = torch.ones(2, 1, 1, 4, 4)
+    weights[:, :, :, 0, 0] = 5.0  # weigh the wrong position up: error 5 / (15 + 5)
+    weighted = diffusion_loss(schedule, output, x0, xt, noise, timestep, weights)
+    torch.testing.assert_close(weighted.mse, torch.full((2,), 5 / 20))
+    torch.testing.assert_close(weighted.vb, plain.vb)
+
+
+@needs_espeak
+def test_training_with_a_mouth_weight_runs_and_is_checked(tmp_path, tiny_vae):
+    config = tiny_config(tmp_path / "run", tiny_vae)
+    config["recipe"]["mouth_loss_weight"] = 4.0
+    trainer = TransformerTrainer(config_from_dict(config), show_progress=False)
+    trainer.train()
+    assert len(trainer.last_losses) == 2 and all(math.isfinite(v) for v in trainer.last_losses)
+    config["recipe"]["mouth_loss_weight"] = -1
+    with pytest.raises(ValueError, match="mouth_loss_weight"):
+        config_from_dict(config)
