@@ -148,18 +148,17 @@ class SyntheticSource:
                            sample_rate=sample_rate, source=name)
         return encode_audio(speech, self.encoder, fps=self.fps).features  # [Na, L, D]
 
-    def _record(self, name: str, frames: torch.Tensor, features: torch.Tensor, identity_seed=None) -> VideoRecord:
-        from .synthetic import mouth_box, sample_identity
+    def _record(self, name: str, frames: torch.Tensor, features: torch.Tensor, identity=None) -> VideoRecord:
+        """``identity``: the rendered FaceIdentity, when known, for the renderer's mouth box."""
+        from .synthetic import mouth_box_fraction
 
         count = min(int(frames.shape[0]), int(features.shape[0]))
-        box = None
-        if identity_seed is not None:  # the renderer's mouth box, in fractions of the frame (any resolution)
-            scale = 4096
-            box = tuple(v / scale for v in mouth_box(sample_identity(int(identity_seed)), scale))
+        box = mouth_box_fraction(identity) if identity is not None else None
         return VideoRecord(name, features[:count].float(), frames=frames[:count], mouth_box=box)
 
     def _load_folder(self, index: int) -> VideoRecord:
         from ..video import decode_audio, read_video_frames
+        from .synthetic import sample_identity
 
         path = self.videos[index]
         frames = torch.from_numpy(read_video_frames(path))  # [N, H, W, 3] uint8
@@ -176,8 +175,9 @@ class SyntheticSource:
             pixels = F.interpolate(pixels, size=(self.resolution, self.resolution), mode="bicubic", antialias=True)
             frames = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         samples, _ = decode_audio(path, SAMPLE_RATE, mono=True)  # [S, 1]
+        identity = sample_identity(int(identity_seed)) if identity_seed is not None else None
         return self._record(path.name, frames, self._features(samples[:, 0], SAMPLE_RATE, f"audio of {path.name}"),
-                            identity_seed)
+                            identity)
 
     def _render(self, index: int) -> VideoRecord:
         from .synthetic import animate_face, make_speech_track, render_face, sample_identity
@@ -188,8 +188,7 @@ class SyntheticSource:
         motion = animate_face(track.audio, track.sample_rate, self.fps, seed=self.motion_seeds[index],
                               num_frames=int(features.shape[0]))
         frames = np.stack([render_face(identity, motion.pose(i), self.resolution) for i in range(len(motion))])
-        return self._record(self.names[index], torch.from_numpy(frames), features,
-                            self.identities[index])  # frames [N, S, S, 3]
+        return self._record(self.names[index], torch.from_numpy(frames), features, identity)  # frames [N, S, S, 3]
 
 
 @dataclass

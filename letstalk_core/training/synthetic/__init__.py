@@ -18,7 +18,7 @@ from .dataset import (
     identity_split,
     sample_identity_seeds,
 )
-from .face import FaceIdentity, FacePose, mouth_box, render_face, sample_identity
+from .face import FaceIdentity, FacePose, mouth_box, mouth_box_fraction, render_face, sample_identity
 from .speech import (
     HELDOUT_SENTENCES,
     TRAIN_SENTENCES,
@@ -37,6 +37,7 @@ __all__ = [
     "sample_identity",
     "render_face",
     "mouth_box",
+    "mouth_box_fraction",
     "FaceMotion",
     "animate_face",
     "audio_frame_features",

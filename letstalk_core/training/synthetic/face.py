@@ -485,13 +485,17 @@ def mouth_geometry(identity: FaceIdentity, pose: FacePose, cx, my, n=33):
     return lips, np.stack([x, inner_upper], 1), np.stack([x, inner_lower], 1)
 
 
-def mouth_box(identity: FaceIdentity, size: int) -> tuple[int, int, int, int]:
-    """Pixel box ``(top, bottom, left, right)`` around the mouth of an unmoved head."""
+def mouth_box_fraction(identity: FaceIdentity) -> tuple[float, float, float, float]:
+    """``(top, bottom, left, right)`` around the mouth of an unmoved head, as fractions of the frame side."""
     cx, my = 0.5, identity.head_y + identity.mouth_y
     half = identity.mouth_half_width * 1.3
-    top = my - identity.head_height * 0.25
-    bottom = my + identity.head_height * 0.32
-    return (int(top * size), int(math.ceil(bottom * size)), int((cx - half) * size), int(math.ceil((cx + half) * size)))
+    return (my - identity.head_height * 0.25, my + identity.head_height * 0.32, cx - half, cx + half)
+
+
+def mouth_box(identity: FaceIdentity, size: int) -> tuple[int, int, int, int]:
+    """Pixel box ``(top, bottom, left, right)`` around the mouth of an unmoved head."""
+    top, bottom, left, right = mouth_box_fraction(identity)
+    return (int(top * size), int(math.ceil(bottom * size)), int(left * size), int(math.ceil(right * size)))
 
 
 def _draw_mouth(painter: _Painter, identity: FaceIdentity, pose: FacePose, cx, my):
