@@ -13,7 +13,7 @@ Sections (all optional except where a preset leaves a value to fill in)::
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
                learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
-              mouth_loss_weight, dropout: {audio, portrait, both}}
+              mouth_loss_weight, snr_gamma, dropout: {audio, portrait, both}}
 
 Relative paths in the file are taken relative to the file's own folder.
 """
@@ -21,6 +21,7 @@ Relative paths in the file are taken relative to the file's own folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,10 @@ class RecipeConfig:
     # Beyond the authors' recipe: the epsilon error of latents over the mouth counts 1 + this many times
     # (videos that know their mouth box: the synthetic world's). 0: the authors' uniform loss.
     mouth_loss_weight: float = 0.0
+    # Beyond the authors' recipe: Min-SNR-gamma weighting (Hang et al. 2023) of the epsilon error,
+    # min(SNR, gamma) / SNR per sample, so that the nearly clean timesteps, whose epsilon error is large
+    # and says little, stop dominating the loss. 0: the authors' unweighted loss.
+    snr_gamma: float = 0.0
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
 
 
@@ -282,6 +287,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not (isinstance(r.mouth_loss_weight, (int, float)) and not isinstance(r.mouth_loss_weight, bool)
             and 0 <= r.mouth_loss_weight <= 1000):
         raise ValueError(f"recipe.mouth_loss_weight must be a number in 0..1000, got {r.mouth_loss_weight!r}")
+    if not (isinstance(r.snr_gamma, (int, float)) and not isinstance(r.snr_gamma, bool)
+            and math.isfinite(r.snr_gamma) and r.snr_gamma >= 0):
+        raise ValueError(f"recipe.snr_gamma must be a number >= 0 (0 turns the weighting off), got {r.snr_gamma!r}")
     rates = r.dropout
     for name in ("audio", "portrait", "both"):
         _rate(getattr(rates, name), f"recipe.dropout.{name}")

@@ -166,12 +166,14 @@ def diffusion_loss(
     noise: torch.Tensor,
     timestep: torch.Tensor,
     weights: torch.Tensor | None = None,
+    snr_gamma: float = 0.0,
 ) -> DiffusionLoss:
     """Epsilon MSE plus the variance bound for a learned-sigma output.
 
     ``model_output [B, F, 2C, H, W]``, ``x_start``/``x_t``/``noise [B, F, C, H, W]``, ``timestep [B]``;
     ``weights`` (broadcastable to the latents, e.g. ``[B, 1, 1, H, W]``) make the epsilon MSE a weighted
-    mean per sample; the variance bound stays unweighted.
+    mean per sample; the variance bound stays unweighted. ``snr_gamma`` > 0 scales each sample's epsilon
+    MSE by ``min(SNR_t, gamma) / SNR_t`` (Min-SNR-gamma), with ``SNR_t = abar_t / (1 - abar_t)``.
     """
     if model_output.dim() != x_start.dim() or model_output.shape[2] != 2 * x_start.shape[2] or (
             model_output.shape[:2] + model_output.shape[3:] != x_start.shape[:2] + x_start.shape[3:]):
@@ -184,5 +186,9 @@ def diffusion_loss(
     else:  # a weighted mean: the loss keeps its scale whatever the weights
         weights = weights.to(squared).expand_as(squared)
         mse = _mean_over_sample(weights * squared) / _mean_over_sample(weights)
+    if snr_gamma:
+        abar = schedule.alphas_cumprod.to(timestep.device)[timestep]  # [B], float64
+        snr = abar / (1.0 - abar)
+        mse = mse * (snr.clamp(max=float(snr_gamma)) / snr).to(mse)
     vb = variational_bound_terms(schedule, eps.detach(), variance_values, x_start.float(), x_t.float(), timestep)
     return DiffusionLoss(loss=(mse + vb).mean(), mse=mse, vb=vb)

@@ -377,13 +377,41 @@ def test_weighted_epsilon_loss_is_a_weighted_mean():
     torch.testing.assert_close(weighted.vb, plain.vb)
 
 
+def test_min_snr_weighting_scales_each_samples_epsilon_error():
+    schedule = DiffusionSchedule.training()
+    generator = torch.Generator().manual_seed(6)
+    x0, noise = torch.randn(3, 2, 4, 4, 4, generator=generator), torch.randn(3, 2, 4, 4, 4, generator=generator)
+    timestep = torch.tensor([5, 150, 800])  # SNR far above 5, near it, far below it
+    xt = schedule.q_sample(x0, timestep, noise)
+    output = torch.cat([noise + 0.5, torch.zeros_like(noise)], dim=2)  # epsilon wrong by 0.5 everywhere
+    plain = diffusion_loss(schedule, output, x0, xt, noise, timestep)
+    weighted = diffusion_loss(schedule, output, x0, xt, noise, timestep, snr_gamma=5.0)
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[[5, 150, 800]]
+    snr = abar / (1 - abar)
+    assert snr[0] > 5 and snr[2] < 5
+    expected = 0.25 * np.minimum(snr, 5.0) / snr
+    torch.testing.assert_close(weighted.mse, torch.tensor(expected, dtype=torch.float32))
+    assert float(weighted.mse[2]) == pytest.approx(float(plain.mse[2]))  # noisy samples keep their weight
+    torch.testing.assert_close(weighted.vb, plain.vb)
+    # with the mouth weights too: both apply
+    weights = torch.ones(3, 1, 1, 4, 4)
+    both = diffusion_loss(schedule, output, x0, xt, noise, timestep, weights * 3, snr_gamma=5.0)
+    torch.testing.assert_close(both.mse, weighted.mse)
+
+
 @needs_espeak
-def test_training_with_a_mouth_weight_runs_and_is_checked(tmp_path, tiny_vae):
+def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_vae):
     config = tiny_config(tmp_path / "run", tiny_vae)
     config["recipe"]["mouth_loss_weight"] = 4.0
+    config["recipe"]["snr_gamma"] = 5.0
     trainer = TransformerTrainer(config_from_dict(config), show_progress=False)
     trainer.train()
     assert len(trainer.last_losses) == 2 and all(math.isfinite(v) for v in trainer.last_losses)
     config["recipe"]["mouth_loss_weight"] = -1
     with pytest.raises(ValueError, match="mouth_loss_weight"):
         config_from_dict(config)
+    config["recipe"]["mouth_loss_weight"] = 4.0
+    for bad in (-1, float("nan"), "5", True):
+        config["recipe"]["snr_gamma"] = bad
+        with pytest.raises(ValueError, match="recipe.snr_gamma"):
+            config_from_dict(config)
