@@ -13,7 +13,7 @@ Sections (all optional except where a preset leaves a value to fill in)::
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
                learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
-              mouth_loss_weight, snr_gamma, dropout: {audio, portrait, both}}
+              memory_drop, mouth_loss_weight, snr_gamma, dropout: {audio, portrait, both}}
 
 Relative paths in the file are taken relative to the file's own folder.
 """
@@ -122,6 +122,9 @@ class RecipeConfig:
     portrait_noise_log_std: float = 0.5
     memory_max_timestep: int = 50  # memory latents diffused to t in [0, this)
     memory_mask_fraction: float = 0.25  # spatial positions of the memory latents zeroed
+    # Beyond the authors' recipe: the fraction of samples whose whole memory is zeroed, so that the
+    # portrait is their only source of identity. 0: the authors' recipe.
+    memory_drop: float = 0.0
     # Beyond the authors' recipe: the epsilon error of latents over the mouth counts 1 + this many times
     # (videos that know their mouth box: the synthetic world's). 0: the authors' uniform loss.
     mouth_loss_weight: float = 0.0
@@ -282,6 +285,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if r.memory_max_timestep > 1000:
         raise ValueError(f"recipe.memory_max_timestep must be at most 1000, got {r.memory_max_timestep}")
     _rate(r.memory_mask_fraction, "recipe.memory_mask_fraction")
+    _rate(r.memory_drop, "recipe.memory_drop")
     if not (isinstance(r.portrait_noise_log_std, (int, float)) and r.portrait_noise_log_std >= 0):
         raise ValueError(f"recipe.portrait_noise_log_std must be >= 0, got {r.portrait_noise_log_std!r}")
     if not (isinstance(r.mouth_loss_weight, (int, float)) and not isinstance(r.mouth_loss_weight, bool)

@@ -54,15 +54,20 @@ def corrupt_memory_latents(
     *,
     max_timestep: int = 50,
     mask_fraction: float = 0.25,
+    drop: float = 0.0,
 ) -> CorruptedMemory:
     """Diffuse clean memory latents ``[B, K, C, H, W]`` to ``t ~ U{0..max_timestep-1}`` and zero about
-    ``mask_fraction`` of their spatial positions (one mask per sample)."""
+    ``mask_fraction`` of their spatial positions (one mask per sample); with probability ``drop`` a
+    sample's whole memory is zeroed (beyond the authors' recipe; 0 draws no extra random numbers)."""
     if memory_latents.dim() != 5:
         raise ValueError(f"memory_latents must be [B, K, C, H, W], got {tuple(memory_latents.shape)}")
     batch, _, _, height, width = memory_latents.shape
     timesteps = torch.randint(0, max_timestep, (batch,), generator=generator)  # [B]
     noise = torch.randn(memory_latents.shape, generator=generator).to(memory_latents)  # [B, K, C, H, W]
     mask = memory_position_mask(batch, height, width, mask_fraction, generator)  # [B, 1, 1, H, W]
+    if drop > 0:
+        dropped = torch.rand(batch, generator=generator) < drop  # [B]
+        mask = mask * (~dropped).to(mask.dtype)[:, None, None, None, None]
     noisy = schedule.q_sample(memory_latents, timesteps.to(memory_latents.device), noise)
     return CorruptedMemory(latents=noisy * mask.to(noisy), timesteps=timesteps, mask=mask)
 

@@ -254,7 +254,8 @@ class TransformerTrainer:
         if cfg.model.memory_frames:
             memory_latents = corrupt_memory_latents(memory_clean, self.schedule, generator,
                                                     max_timestep=r.memory_max_timestep,
-                                                    mask_fraction=r.memory_mask_fraction).latents
+                                                    mask_fraction=r.memory_mask_fraction,
+                                                    drop=r.memory_drop).latents
         choice = draw_condition_dropout(batch_size, generator, audio=r.dropout.audio, portrait=r.dropout.portrait,
                                         both=r.dropout.both)
         audio_windows, portrait_latents = apply_condition_dropout(choice, batch["audio_windows"].to(device),

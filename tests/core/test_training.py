@@ -212,6 +212,12 @@ def test_memory_frames_noise_and_mask():
     # diffusion to t < 50 keeps the memory close to the clean latents
     kept = mask.expand_as(clean).bool()
     assert float((corrupted.latents - clean)[kept].std()) < 0.2
+    # memory drop zeroes whole memories of about that fraction of samples, on top of the same draws
+    dropped = corrupt_memory_latents(clean, schedule, torch.Generator().manual_seed(1), drop=0.3)
+    whole = (dropped.latents == 0).flatten(1).all(1)  # [B]
+    assert float(whole.float().mean()) == pytest.approx(0.3, abs=0.07)
+    torch.testing.assert_close(dropped.latents[~whole], corrupted.latents[~whole])
+    assert torch.equal(dropped.mask[whole], torch.zeros_like(dropped.mask[whole]))
 
 
 def test_pixel_noise_sigma_distribution():
@@ -404,6 +410,7 @@ def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_
     config = tiny_config(tmp_path / "run", tiny_vae)
     config["recipe"]["mouth_loss_weight"] = 4.0
     config["recipe"]["snr_gamma"] = 5.0
+    config["recipe"]["memory_drop"] = 0.5
     trainer = TransformerTrainer(config_from_dict(config), show_progress=False)
     trainer.train()
     assert len(trainer.last_losses) == 2 and all(math.isfinite(v) for v in trainer.last_losses)
@@ -411,6 +418,10 @@ def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_
     with pytest.raises(ValueError, match="mouth_loss_weight"):
         config_from_dict(config)
     config["recipe"]["mouth_loss_weight"] = 4.0
+    config["recipe"]["memory_drop"] = 1.5
+    with pytest.raises(ValueError, match="recipe.memory_drop"):
+        config_from_dict(config)
+    config["recipe"]["memory_drop"] = 0.3
     for bad in (-1, float("nan"), "5", True):
         config["recipe"]["snr_gamma"] = bad
         with pytest.raises(ValueError, match="recipe.snr_gamma"):
