@@ -347,11 +347,51 @@ class TransformerTrainer:
             self.ema.restore(parameters)
         return path
 
+    def probe(self, timestep: int = 200) -> Optional[dict[str, float]]:
+        """:func:`~.probe.conditioning_probe` with the EMA weights on a fixed batch (the same at every
+        call; its own random generator, so training draws are untouched). None when the batch holds
+        fewer than 2 clips or the data has no pixels to encode portraits from."""
+        from .probe import conditioning_probe
+
+        if self.config.training.batch_size < 2 or (self.codec is None and not self.use_latents):
+            return None
+        generator = torch.Generator().manual_seed(self.config.seed + 7919)
+        batch = self._batch(0, generator)
+        device = self.accelerator.device
+        if self.use_latents:
+            latents, portrait = batch["clip"].to(device), batch["portrait"].to(device)
+            memory = batch["memory"].to(device)
+        else:
+            latents = batch["clip_latents"].to(device) if "clip_latents" in batch else self._encode(batch["clip"])
+            portrait = self._encode(batch["portrait"])
+            memory = self._encode(batch["memory"]) if self.config.model.memory_frames else None
+        mask = None
+        if not torch.isnan(batch["mouth_box"]).any():
+            mask = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1], 1.0) - 1.0
+        model, audio_proj = self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.audio_proj)
+        parameters = self._parameters()
+        self.ema.store(parameters)
+        self.ema.copy_to(parameters)
+        model.eval(), audio_proj.eval()
+        try:
+            return conditioning_probe(model, audio_proj, self.schedule, latents, portrait,
+                                      batch["audio_windows"].to(device), memory, timestep=timestep, mouth_mask=mask,
+                                      generator=generator)
+        finally:
+            self.ema.restore(parameters)
+            model.train(), audio_proj.train()
+
     def save(self) -> Optional[Path]:
-        """Checkpoint + resumable state (main process only); returns the checkpoint path."""
+        """Checkpoint + resumable state (main process only); returns the checkpoint path. Logs the
+        conditioning probe (see :meth:`probe`) of the saved weights."""
+        from .probe import describe_probe
+
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
+            result = self.probe()
+            if result is not None:
+                logger.info("step %d probe, %s", self.step, describe_probe(result, 200))
             path = self.save_checkpoint()
             _atomic_torch_save(self.state_dict(), self.output_dir / TRANSFORMER_STATE)
         self.accelerator.wait_for_everyone()

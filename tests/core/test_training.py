@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -426,3 +427,46 @@ def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_
         config["recipe"]["snr_gamma"] = bad
         with pytest.raises(ValueError, match="recipe.snr_gamma"):
             config_from_dict(config)
+
+
+# ---- the conditioning probe ----------------------------------------------------------------------
+def test_conditioning_probe_tells_used_from_ignored_conditions():
+    from letstalk_core.training.probe import conditioning_probe, describe_probe
+
+    schedule = DiffusionSchedule.training()
+    generator = torch.Generator().manual_seed(11)
+    portrait = torch.randn(3, 4, 6, 6, generator=generator)  # [B, C, h, w]
+    latents = portrait[:, None].repeat(1, 2, 1, 1, 1) + 0.05 * torch.randn(3, 2, 4, 6, 6, generator=generator)
+    memory = torch.randn(3, 2, 4, 6, 6, generator=generator)
+    windows = torch.randn(3, 2, 5, 1, 8, generator=generator)
+
+    def copies_the_portrait(noisy, steps, portrait_latents, audio_tokens, memory_latents):
+        """A denoiser whose x0 is the portrait: it uses the portrait and nothing else."""
+        abar = schedule.alphas_cumprod[steps].float()[:, None, None, None, None]
+        eps = (noisy - abar.sqrt() * portrait_latents[:, None]) / (1 - abar).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], dim=2)
+
+    mouth = torch.zeros(3, 1, 1, 6, 6)
+    mouth[..., 3:5, 2:4] = 1.0
+    result = conditioning_probe(copies_the_portrait, lambda w: w.flatten(3), schedule, latents, portrait, windows,
+                                memory, timestep=300, mouth_mask=mouth, generator=generator)
+    assert result["own"] == pytest.approx(0.05 * math.sqrt(2 / math.pi), rel=0.1)  # just the frames' own noise
+    assert result["portrait_swapped"] > 10 * result["own"]
+    assert result["memory_swapped"] == pytest.approx(result["own"]) == pytest.approx(result["audio_swapped"])
+    assert result["audio_swapped_mouth"] == pytest.approx(result["own_mouth"])
+    line = describe_probe(result, 300)
+    assert "t=300" in line and "memory swapped x1.000" in line and "portrait swapped x1.000" not in line
+    with pytest.raises(ValueError, match="B >= 2"):
+        conditioning_probe(copies_the_portrait, lambda w: w, schedule, latents[:1], portrait[:1], windows[:1])
+
+
+@needs_espeak
+def test_each_save_logs_the_probe(tmp_path, tiny_vae, caplog):
+    trainer = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "run", tiny_vae, save_every=1)),
+                                 show_progress=False)
+    with caplog.at_level(logging.INFO, logger="letstalk_core.training.trainer"):
+        trainer.train()
+    lines = [r.getMessage() for r in caplog.records if "probe" in r.getMessage()]
+    assert len(lines) >= 2 and all("portrait swapped x" in line and "memory swapped x" in line for line in lines)
+    result = trainer.probe()
+    assert all(math.isfinite(v) and v > 0 for v in result.values())
