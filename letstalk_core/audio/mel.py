@@ -1,10 +1,7 @@
 """A log-mel filterbank "encoder" with no weights, for the demo model and tests.
 
-``[F, 1, n_mels]``: log-mel energies (torchaudio ``MelSpectrogram``, 25 ms Hann window, 10 ms hop,
-centred frames with silence beyond the ends), linearly interpolated at video-frame centres, and scaled
-to about -1..2 as ``(log10(max(mel, 1e-8)) + 4) / 4`` (silence is -1; speech at -23 LUFS mostly 0..1.7).
-Raw natural logs (-23..6, mean about -10) fed a network's first layer inputs an order of magnitude too
-large; the fixed affine keeps loudness information, unlike a per-utterance normalisation.
+``[F, 1, n_mels]``: natural-log mel energies (torchaudio ``MelSpectrogram``, 25 ms Hann window,
+10 ms hop, centred frames with silence beyond the ends), linearly interpolated at video-frame centres.
 """
 
 from __future__ import annotations
@@ -15,14 +12,6 @@ import torchaudio
 
 from .encoder_base import AudioEncoder
 from .frames import centre_positions, chunk_ranges, lerp_rows
-
-
-FLOOR = 1e-8  # mel power below this is silence
-
-
-def scale_log_mel(mel: torch.Tensor) -> torch.Tensor:
-    """Mel power to the encoder's features: ``(log10(max(mel, 1e-8)) + 4) / 4``."""
-    return (mel.clamp_min(FLOOR).log10() + 4.0) / 4.0
 
 
 class MelAudioEncoder(AudioEncoder):
@@ -56,6 +45,6 @@ class MelAudioEncoder(AudioEncoder):
             positions = centre_positions(rate, fps, start, stop, num_mel)  # [stop - start]
             first, last = int(positions[0].floor()), min(int(positions[-1].ceil()), num_mel - 1)
             piece = waveform[first * self.hop_length : last * self.hop_length + self.n_fft]
-            mel = scale_log_mel(self.melspec(piece)).T  # [last - first + 1, n_mels]
+            mel = self.melspec(piece).clamp_min(1e-10).log().T  # [last - first + 1, n_mels]
             features[start:stop, 0] = lerp_rows(mel, positions, first)
         return features
