@@ -15,6 +15,8 @@ import torch
 
 from .losses import DiffusionSchedule
 
+PROBE_TIMESTEP = 200  # noisy enough that the conditions matter, clean enough that x0 is recoverable
+
 
 def conditioning_probe(
     model,
@@ -25,7 +27,7 @@ def conditioning_probe(
     audio_windows: torch.Tensor,
     memory_latents: Optional[torch.Tensor] = None,
     *,
-    timestep: int = 200,
+    timestep: int = PROBE_TIMESTEP,
     mouth_mask: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> dict[str, float]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ from ..model import AudioProjection, LetsTalkTransformer
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
 from .losses import DiffusionSchedule, diffusion_loss
+from .probe import PROBE_TIMESTEP, conditioning_probe, describe_probe
 from .recipe import (
     add_pixel_noise,
     apply_condition_dropout,
@@ -338,21 +340,25 @@ class TransformerTrainer:
         if codec is not None:
             extra_tensors, vae_metadata = vae_bundle_entries(codec)
             extra_metadata.update(vae_metadata)
+        with self._ema_weights():
+            save_checkpoint(path, model, audio_proj, extra_tensors=extra_tensors, extra_metadata=extra_metadata)
+        return path
+
+    @contextmanager
+    def _ema_weights(self):
+        """The EMA weights in the model and projection for the ``with`` block, the trained ones after."""
         parameters = self._parameters()
         self.ema.store(parameters)
         self.ema.copy_to(parameters)
         try:
-            save_checkpoint(path, model, audio_proj, extra_tensors=extra_tensors, extra_metadata=extra_metadata)
+            yield
         finally:
             self.ema.restore(parameters)
-        return path
 
-    def probe(self, timestep: int = 200) -> Optional[dict[str, float]]:
+    def probe(self, timestep: int = PROBE_TIMESTEP) -> Optional[dict[str, float]]:
         """:func:`~.probe.conditioning_probe` with the EMA weights on a fixed batch (the same at every
         call; its own random generator, so training draws are untouched). None when the batch holds
         fewer than 2 clips or the data has no pixels to encode portraits from."""
-        from .probe import conditioning_probe
-
         if self.config.training.batch_size < 2 or (self.codec is None and not self.use_latents):
             return None
         generator = torch.Generator().manual_seed(self.config.seed + 7919)
@@ -369,29 +375,24 @@ class TransformerTrainer:
         if not torch.isnan(batch["mouth_box"]).any():
             mask = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1], 1.0) - 1.0
         model, audio_proj = self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.audio_proj)
-        parameters = self._parameters()
-        self.ema.store(parameters)
-        self.ema.copy_to(parameters)
         model.eval(), audio_proj.eval()
         try:
-            return conditioning_probe(model, audio_proj, self.schedule, latents, portrait,
-                                      batch["audio_windows"].to(device), memory, timestep=timestep, mouth_mask=mask,
-                                      generator=generator)
+            with self._ema_weights():
+                return conditioning_probe(model, audio_proj, self.schedule, latents, portrait,
+                                          batch["audio_windows"].to(device), memory, timestep=timestep,
+                                          mouth_mask=mask, generator=generator)
         finally:
-            self.ema.restore(parameters)
             model.train(), audio_proj.train()
 
     def save(self) -> Optional[Path]:
         """Checkpoint + resumable state (main process only); returns the checkpoint path. Logs the
         conditioning probe (see :meth:`probe`) of the saved weights."""
-        from .probe import describe_probe
-
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
             result = self.probe()
             if result is not None:
-                logger.info("step %d probe, %s", self.step, describe_probe(result, 200))
+                logger.info("step %d probe, %s", self.step, describe_probe(result, PROBE_TIMESTEP))
             path = self.save_checkpoint()
             _atomic_torch_save(self.state_dict(), self.output_dir / TRANSFORMER_STATE)
         self.accelerator.wait_for_everyone()
