@@ -458,6 +458,8 @@ def test_conditioning_probe_tells_used_from_ignored_conditions():
     assert "t=300" in line and "memory swapped x1.000" in line and "portrait swapped x1.000" not in line
     with pytest.raises(ValueError, match="B >= 2"):
         conditioning_probe(copies_the_portrait, lambda w: w, schedule, latents[:1], portrait[:1], windows[:1])
+    with pytest.raises(ValueError, match="timestep must be in 0..999"):
+        conditioning_probe(copies_the_portrait, lambda w: w, schedule, latents, portrait, windows, timestep=1000)
 
 
 @needs_espeak
