@@ -1,7 +1,10 @@
 """A log-mel filterbank "encoder" with no weights, for the demo model and tests.
 
-``[F, 1, n_mels]``: natural-log mel energies (torchaudio ``MelSpectrogram``, 25 ms Hann window,
-10 ms hop, centred frames with silence beyond the ends), linearly interpolated at video-frame centres.
+``[F, 1, n_mels]``: log mel energies (torchaudio ``MelSpectrogram``, 25 ms Hann window, 10 ms hop,
+centred frames with silence beyond the ends), linearly interpolated at video-frame centres, scaled as
+``(log10(max(mel, 1e-8)) + 4) / 4``: silence is -1 and speech at full scale about 2, so the audio
+projection starts from inputs of unit size (natural logs with a 1e-10 floor spanned -23..6, and silence
+against speech dominated the first layer).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import torchaudio
 
 from .encoder_base import AudioEncoder
 from .frames import centre_positions, chunk_ranges, lerp_rows
+
+
+MEL_FLOOR = 1e-8  # mel power below this counts as silence: (log10(1e-8) + 4) / 4 = -1
 
 
 class MelAudioEncoder(AudioEncoder):
@@ -45,6 +51,6 @@ class MelAudioEncoder(AudioEncoder):
             positions = centre_positions(rate, fps, start, stop, num_mel)  # [stop - start]
             first, last = int(positions[0].floor()), min(int(positions[-1].ceil()), num_mel - 1)
             piece = waveform[first * self.hop_length : last * self.hop_length + self.n_fft]
-            mel = self.melspec(piece).clamp_min(1e-10).log().T  # [last - first + 1, n_mels]
+            mel = (self.melspec(piece).clamp_min(MEL_FLOOR).log10() + 4.0).div(4.0).T  # [last - first + 1, n_mels]
             features[start:stop, 0] = lerp_rows(mel, positions, first)
         return features
