@@ -185,14 +185,16 @@ def _read_file(path: Path) -> tuple[torch.Tensor, int]:
             return torch.from_numpy(np.ascontiguousarray(data.T)), int(rate)
         except (soundfile.LibsndfileError, RuntimeError):
             pass  # a mislabelled file: let ffmpeg try
-    return _decode_with_ffmpeg(path, source)
+    return decode_with_ffmpeg(path, source)
 
 
-def _decode_with_ffmpeg(path: Path, source: str) -> tuple[torch.Tensor, int]:
-    """Decode the first audio track with ffmpeg to float WAV on a pipe, keeping rate and channels
-    (so that down-mixing and resampling are the same for every input)."""
+def decode_with_ffmpeg(path: Path, source: str | None = None) -> tuple[torch.Tensor, int]:
+    """Decode the first audio track with ffmpeg to float WAV on a pipe -> ``(samples [C, T], rate)``,
+    keeping rate and channels, so that down-mixing and resampling are the same (ours) for every input.
+    The one ffmpeg audio decoder of the project: speech input, video reading and training data."""
     import imageio_ffmpeg
 
+    source = source or f"audio file '{path}'"
     command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
                "-map_metadata", "-1", "-fflags", "+bitexact", "-acodec", "pcm_f32le", "-f", "wav", "-"]
     decoded = subprocess.run(command, capture_output=True)

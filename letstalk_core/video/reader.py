@@ -199,31 +199,26 @@ def read_video_frames(path: PathLike) -> np.ndarray:
 def decode_audio(
     path: PathLike, sample_rate: Optional[int] = None, *, mono: bool = False
 ) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream of any media file to float32 ``[S, C]``.
+    """Decode the first audio stream of any media file to float32 ``[S, C]``, with the project's one
+    ffmpeg audio decoder; mixing down and resampling are those of the speech input
+    (:func:`letstalk_core.audio.load_audio`), so training data and inference hear the same features.
 
     Args:
-        sample_rate: resample to this rate (ffmpeg's resampler); None keeps the file's rate.
-        mono: mix down to one channel.
+        sample_rate: resample to this rate (torchaudio's band-limited sinc); None keeps the file's rate.
+        mono: mix down to one channel (the mean of the channels).
     Returns:
         ``(samples [S, C], sample_rate)``.
     """
+    import torchaudio.functional as AF
+
+    from ..audio.loading import decode_with_ffmpeg
+
     file = _existing_file(path, "audio path")
-    header = stream_header(file)
-    audio = _audio_stream(header)
-    if audio is None:
-        raise ValueError(f"{str(file)!r} has no audio stream (ffmpeg found: {_stream_lines(header)})")
-    native_rate, channels = audio
-    if sample_rate is not None and (not isinstance(sample_rate, int) or sample_rate <= 0):
+    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
         raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
-    out_rate = sample_rate or native_rate
-    out_channels = 1 if mono else channels
-    cmd = [
-        _ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(file),
-        "-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le",
-        "-ar", str(out_rate), "-ac", str(out_channels), "-",
-    ]
-    result = subprocess.run(cmd, capture_output=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not decode the audio of {str(file)!r}:\n{result.stderr.decode(errors='replace')}")
-    samples = np.frombuffer(result.stdout, dtype="<f4").reshape(-1, out_channels)  # [S, C]
-    return samples.astype(np.float32, copy=True), out_rate
+    samples, rate = decode_with_ffmpeg(file, repr(str(file)))  # [C, T] at the file's rate
+    if mono:
+        samples = samples.mean(dim=0, keepdim=True)  # [1, T]
+    if sample_rate is not None and sample_rate != rate:
+        samples, rate = AF.resample(samples, rate, sample_rate), sample_rate
+    return np.ascontiguousarray(samples.numpy().T), rate  # [S, C]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from letstalk_core.audio import load_audio
 from letstalk_core.video import (
     Mp4Writer,
     as_fps,
@@ -224,3 +225,22 @@ def test_audio_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.wav"):
         Mp4Writer(tmp_path / "a.mp4", 25, audio=tmp_path / "nope.wav")
     assert _leftovers(tmp_path) == []
+
+
+def test_decode_audio_resamples_mixes_down_and_refuses_a_silent_video(tmp_path):
+    stereo = write_mp4(tmp_path / "stereo.mp4", _frames(25), fps=25, audio=_tone(1.0, 22050, channels=2),
+                       sample_rate=22050)
+    samples, rate = decode_audio(stereo, 16000, mono=True)
+    assert rate == 16000 and samples.shape[1] == 1 and samples.dtype == np.float32
+    assert abs(samples.shape[0] - 16000) <= 1100  # one second, give or take AAC's padding
+    native, native_rate = decode_audio(stereo)
+    assert native_rate == 22050 and native.shape[1] == 2
+    # the mixdown is the mean of the channels (0.3 and 0.15 amplitude), as for speech input
+    assert abs(np.abs(samples[2000:14000]).max() - 0.225) < 0.02
+    np.testing.assert_allclose(samples[:, 0], load_audio(stereo).samples.numpy(), atol=1e-6)
+
+    silent = write_mp4(tmp_path / "silent.mp4", _frames(25), fps=25)
+    with pytest.raises(ValueError, match=r"silent\.mp4.*no audio track"):
+        decode_audio(silent)
+    with pytest.raises(ValueError, match="sample_rate must be a positive int"):
+        decode_audio(stereo, 0)
