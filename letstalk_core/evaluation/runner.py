@@ -157,12 +157,14 @@ def _portrait(identity_seed: int, size: int) -> np.ndarray:
 
 def _generate(pipe, portrait: np.ndarray, speech: np.ndarray, *, sampler: str, steps: int, seed: int,
               counter: _StepCounter, on_chunk: Optional[Callable[[torch.Tensor], None]] = None,
-              keep: bool = True) -> tuple[Optional[torch.Tensor], float]:
+              keep: bool = True, audio_cfg: float = 1.0, portrait_cfg: float = 1.0
+              ) -> tuple[Optional[torch.Tensor], float]:
     """Generate the video for ``speech``; returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
     started = time.perf_counter()
     conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=FPS, crop=False, sample_rate=SAMPLE_RATE)
     kept = []
-    for chunk in pipe.iter_frames(conditions, sampler=sampler, steps=steps, seed=seed, progress=counter.video()):
+    for chunk in pipe.iter_frames(conditions, sampler=sampler, steps=steps, seed=seed, progress=counter.video(),
+                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg):
         chunk = chunk.float().cpu()  # [n, H, W, 3]
         if on_chunk is not None:
             on_chunk(chunk)
@@ -202,14 +204,14 @@ def _clips(num_frames: int, frames_per_clip: int) -> int:
 
 
 def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], *, sampler: str, steps: int, seed: int,
-              counter: _StepCounter) -> dict[str, Any]:
+              counter: _StepCounter, **guidance) -> dict[str, Any]:
     """Generate every sample once; sync, identity and seam numbers of that run."""
     frames_per_clip = int(pipe.checkpoint.frames_per_clip)
     per_sample, videos, seconds, clips = [], [], 0.0, 0
     for index, sample in enumerate(samples):
         portrait = _portrait(sample.identity_seed, pipe.resolution)
         frames, took = _generate(pipe, portrait, sample.speech, sampler=sampler, steps=steps, seed=seed + index,
-                                 counter=counter)
+                                 counter=counter, **guidance)
         seconds += took
         clips += _clips(frames.shape[0], frames_per_clip)
         measured = meters[index].measure(frames)
@@ -256,6 +258,8 @@ def evaluate_checkpoint(
     sampler_settings: Sequence[tuple[str, int]] = SAMPLER_TABLE,
     vae=None,
     audio_encoder=None,
+    audio_cfg: float = 1.0,
+    portrait_cfg: float = 1.0,
     device: str = "cpu",
     progress: Optional[Progress] = None,
     log: Optional[Callable[[str], None]] = None,
@@ -265,6 +269,7 @@ def evaluate_checkpoint(
     Returns a dict: ``settings``, ``metrics`` (the numbers), ``checks`` (each target with pass/fail),
     ``samples`` (per identity) and, with ``with_sampler_table``, ``sampler_table``. ``drift_seconds``
     0 skips the drift video. ``progress(done, total)`` counts model steps over the whole evaluation.
+    ``audio_cfg``/``portrait_cfg`` are the guidance scales of every video made (1: no guidance).
     """
     from ..pipeline import DEFAULT_STEPS, LetsTalkPipeline
     from ..sampling import SAMPLERS
@@ -282,6 +287,10 @@ def evaluate_checkpoint(
             raise ValueError(f"sampler table: sampler {name!r} is not known; accepted: {', '.join(SAMPLERS)}")
         _check_count("sampler table steps", steps_of)
     log = log or (lambda message: None)
+    guidance = {"audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg}
+    for name, scale in guidance.items():
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"{name} must be a finite number >= 0 (1 = no guidance), got {scale!r}")
 
     samples = heldout_samples(identities, seconds, audio)
     pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
@@ -321,7 +330,7 @@ def evaluate_checkpoint(
         renderer_seams.append(seam_ratio(frame_changes(rendered), frames_per_clip))
 
     log(f"lip sync: generating {len(samples)} videos with {sampler} {steps}")
-    main = _sync_run(pipe, samples, meters, sampler=sampler, steps=steps, seed=seed, counter=counter)
+    main = _sync_run(pipe, samples, meters, sampler=sampler, steps=steps, seed=seed, counter=counter, **guidance)
 
     floors = []
     for i, sample in enumerate(samples):
@@ -329,7 +338,7 @@ def evaluate_checkpoint(
         if partner is None:
             other = heldout_speech(sample.num_frames / FPS, seed=10_000 + i)
             frames, _ = _generate(pipe, _portrait(sample.identity_seed, size), other, sampler=sampler, steps=steps,
-                                  seed=seed + 10_000 + i, counter=counter)
+                                  seed=seed + 10_000 + i, counter=counter, **guidance)
             measured = meters[i].measure(frames)
         else:
             measured = main["videos"][partner]["measured"]
@@ -371,7 +380,7 @@ def evaluate_checkpoint(
             last[0] = chunk[-1]
 
         _generate(pipe, portrait, speech, sampler=sampler, steps=steps, seed=seed + 20_000, counter=counter,
-                  on_chunk=on_chunk, keep=False)
+                  on_chunk=on_chunk, keep=False, **guidance)
         drift = drift_ratio(torch.cat(per_frame), FPS, drift_window)
         metrics.update(drift_ratio=drift["ratio"], drift_first_error=drift["first"], drift_last_error=drift["last"])
         long_seams = seam_ratio(torch.cat(drift_changes), frames_per_clip)
@@ -385,7 +394,7 @@ def evaluate_checkpoint(
         "settings": {"identities": [s.identity_seed for s in samples], "speech": [s.source for s in samples],
                      "seconds": seconds, "fps": FPS, "resolution": size, "frames_per_clip": frames_per_clip,
                      "sampler": sampler, "steps": steps, "seed": seed, "drift_seconds": drift_seconds,
-                     "drift_window": drift_window},
+                     "drift_window": drift_window, "audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg},
         "metrics": metrics,
         "checks": checks(metrics),
         "samples": main["per_sample"],
@@ -394,7 +403,8 @@ def evaluate_checkpoint(
         rows = []
         for name, steps_of in sampler_settings:
             log(f"sampler table: {name} {steps_of}")
-            run = _sync_run(pipe, samples, meters, sampler=name, steps=int(steps_of), seed=seed, counter=counter)
+            run = _sync_run(pipe, samples, meters, sampler=name, steps=int(steps_of), seed=seed, counter=counter,
+                            **guidance)
             rows.append({"sampler": name, "steps": int(steps_of), "sync": run["sync"],
                          "colour_error": run["colour_error"], "structure_error": run["structure_error"],
                          "identity_error": run["identity_error"], "seconds_per_clip": run["seconds_per_clip"]})
@@ -436,7 +446,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"checkpoint {result['checkpoint']}",
         f"{len(s['identities'])} held-out identities x {s['seconds']:g} s at {s['resolution']} px, "
-        f"{s['sampler']} {s['steps']} steps, clips of {s['frames_per_clip']} frames",
+        f"{s['sampler']} {s['steps']} steps, clips of {s['frames_per_clip']} frames"
+        + (f", guidance audio {s['audio_cfg']:g} portrait {s['portrait_cfg']:g}"
+           if (s.get("audio_cfg", 1), s.get("portrait_cfg", 1)) != (1, 1) else ""),
         "",
         f"{'metric':<30}{'model':>10}{'reference':>12}{'target':>10}{'':>7}",
         f"{'lip sync (Pearson r)':<30}{_fmt(m['sync']):>10}{'':>12}{c['sync']['target']:>10}{verdict('sync'):>7}",

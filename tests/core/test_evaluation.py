@@ -225,6 +225,25 @@ def test_evaluate_command_writes_table_and_json(bundle, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "speech.wav"]
 
 
+def test_evaluate_with_guidance_guides_every_video_and_says_so(tmp_path):
+    guided_bundle = make_tiny_bundle(tmp_path / "guided.safetensors",
+                                     condition_dropout={"audio": 0.1, "portrait": 0.1, "both": 0.1})
+    common = dict(identities=[1000003], seconds=TWO_CLIPS, sampler="ddim", steps=1, drift_seconds=0)
+    plain = evaluate_checkpoint(guided_bundle, **common)
+    guided = evaluate_checkpoint(guided_bundle, audio_cfg=3.0, **common)
+    assert guided["settings"]["audio_cfg"] == 3.0 and guided["settings"]["portrait_cfg"] == 1.0
+    assert "guidance audio 3 portrait 1" in format_report(guided)
+    assert "guidance audio" not in format_report(plain)
+    # the same seed and speech: only the guidance differs, and it changes the video
+    assert guided["metrics"]["identity_error"] != plain["metrics"]["identity_error"]
+    for bad in (-1.0, float("nan"), "3"):
+        with pytest.raises(ValueError, match="audio_cfg"):
+            evaluate_checkpoint(guided_bundle, audio_cfg=bad, **common)
+    # a checkpoint trained without condition dropout refuses guidance, naming the scales
+    with pytest.raises(ValueError, match="guidance"):
+        evaluate_checkpoint(make_tiny_bundle(tmp_path / "plain.safetensors"), portrait_cfg=2.0, **common)
+
+
 def test_evaluate_command_refuses_a_training_identity(bundle, capsys):
     from letstalk_core.__main__ import main
 
