@@ -13,7 +13,8 @@ Sections (all optional except where a preset leaves a value to fill in)::
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
                learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
-              memory_drop, mouth_loss_weight, snr_gamma, dropout: {audio, portrait, both}}
+              memory_drop, mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
+              dropout: {audio, portrait, both}}
 
 Relative paths in the file are taken relative to the file's own folder.
 """
@@ -132,6 +133,11 @@ class RecipeConfig:
     # min(SNR, gamma) / SNR per sample, so that the nearly clean timesteps, whose epsilon error is large
     # and says little, stop dominating the loss. 0: the authors' unweighted loss.
     snr_gamma: float = 0.0
+    # Beyond the authors' recipe: at high noise the epsilon error hardly measures the x0 error (it is
+    # the x0 error times SNR_t); with snr_floor > 0 a sample's weight is at least snr_floor / SNR_t (x0
+    # error counted at least snr_floor times), capped at max_loss_weight. 0: off.
+    snr_floor: float = 0.0
+    max_loss_weight: float = 1000.0
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
 
 
@@ -294,6 +300,12 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not (isinstance(r.snr_gamma, (int, float)) and not isinstance(r.snr_gamma, bool)
             and math.isfinite(r.snr_gamma) and r.snr_gamma >= 0):
         raise ValueError(f"recipe.snr_gamma must be a number >= 0 (0 turns the weighting off), got {r.snr_gamma!r}")
+    if not (isinstance(r.snr_floor, (int, float)) and not isinstance(r.snr_floor, bool)
+            and math.isfinite(r.snr_floor) and r.snr_floor >= 0):
+        raise ValueError(f"recipe.snr_floor must be a number >= 0 (0 turns it off), got {r.snr_floor!r}")
+    if not (isinstance(r.max_loss_weight, (int, float)) and not isinstance(r.max_loss_weight, bool)
+            and r.max_loss_weight >= 1):
+        raise ValueError(f"recipe.max_loss_weight must be a number >= 1, got {r.max_loss_weight!r}")
     rates = r.dropout
     for name in ("audio", "portrait", "both"):
         _rate(getattr(rates, name), f"recipe.dropout.{name}")

@@ -167,6 +167,8 @@ def diffusion_loss(
     timestep: torch.Tensor,
     weights: torch.Tensor | None = None,
     snr_gamma: float = 0.0,
+    snr_floor: float = 0.0,
+    max_weight: float = math.inf,
 ) -> DiffusionLoss:
     """Epsilon MSE plus the variance bound for a learned-sigma output.
 
@@ -174,6 +176,12 @@ def diffusion_loss(
     ``weights`` (broadcastable to the latents, e.g. ``[B, 1, 1, H, W]``) make the epsilon MSE a weighted
     mean per sample; the variance bound stays unweighted. ``snr_gamma`` > 0 scales each sample's epsilon
     MSE by ``min(SNR_t, gamma) / SNR_t`` (Min-SNR-gamma), with ``SNR_t = abar_t / (1 - abar_t)``.
+
+    The epsilon error of a sample is its x0 error times ``SNR_t``, so at high noise an epsilon loss hardly
+    trains x0 at all. ``snr_floor`` > 0 raises each sample's weight to at least ``snr_floor / SNR_t``:
+    where ``SNR_t < snr_floor`` the x0 error counts ``snr_floor`` times (as a v-prediction loss would count
+    it once). ``max_weight`` caps the weight, so that the noisiest steps, where an epsilon model can hardly
+    express x0 (at t=950 it is 1% of the input), do not dominate.
     """
     if model_output.dim() != x_start.dim() or model_output.shape[2] != 2 * x_start.shape[2] or (
             model_output.shape[:2] + model_output.shape[3:] != x_start.shape[:2] + x_start.shape[3:]):
@@ -186,9 +194,12 @@ def diffusion_loss(
     else:  # a weighted mean: the loss keeps its scale whatever the weights
         weights = weights.to(squared).expand_as(squared)
         mse = _mean_over_sample(weights * squared) / _mean_over_sample(weights)
-    if snr_gamma:
+    if snr_gamma or snr_floor:
         abar = schedule.alphas_cumprod.to(timestep.device)[timestep]  # [B], float64
         snr = abar / (1.0 - abar)
-        mse = mse * (snr.clamp(max=float(snr_gamma)) / snr).to(mse)
+        weight = snr.clamp(max=float(snr_gamma)) / snr if snr_gamma else torch.ones_like(snr)
+        if snr_floor:
+            weight = torch.maximum(weight, float(snr_floor) / snr)
+        mse = mse * weight.clamp(max=float(max_weight)).to(mse)
     vb = variational_bound_terms(schedule, eps.detach(), variance_values, x_start.float(), x_t.float(), timestep)
     return DiffusionLoss(loss=(mse + vb).mean(), mse=mse, vb=vb)

@@ -272,7 +272,8 @@ class TransformerTrainer:
         if r.mouth_loss_weight and "mouth_box" in batch:
             weights = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1],
                                     r.mouth_loss_weight).to(device)  # [B, 1, 1, h, w]
-        return diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps, weights, snr_gamma=r.snr_gamma)
+        return diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps, weights, snr_gamma=r.snr_gamma,
+                              snr_floor=r.snr_floor, max_weight=r.max_loss_weight)
 
     def train_step(self) -> Optional[float]:
         """One batch; returns the loss of the batch. The optimiser steps every

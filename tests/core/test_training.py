@@ -406,11 +406,38 @@ def test_min_snr_weighting_scales_each_samples_epsilon_error():
     torch.testing.assert_close(both.mse, weighted.mse)
 
 
+def test_snr_floor_makes_noisy_samples_count_their_x0_error_up_to_the_cap():
+    schedule = DiffusionSchedule.training()
+    generator = torch.Generator().manual_seed(7)
+    x0, noise = torch.randn(4, 2, 4, 4, 4, generator=generator), torch.randn(4, 2, 4, 4, 4, generator=generator)
+    timestep = torch.tensor([5, 300, 600, 900])
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[[5, 300, 600, 900]]
+    snr = abar / (1 - abar)
+    assert snr[0] > 5 and 0.25 < snr[1] < 5 and 0.25 / snr[2] < 50 < 0.25 / snr[3]
+    xt = schedule.q_sample(x0, timestep, noise)
+    output = torch.cat([noise + 0.5, torch.zeros_like(noise)], dim=2)  # epsilon wrong by 0.5 everywhere
+    weighted = diffusion_loss(schedule, output, x0, xt, noise, timestep, snr_gamma=5.0, snr_floor=0.25, max_weight=50)
+    expected = 0.25 * np.array([5.0 / snr[0], 1.0, 0.25 / snr[2], 50.0])  # min-SNR, plain, floor, cap
+    torch.testing.assert_close(weighted.mse, torch.tensor(expected, dtype=torch.float32))
+    # in x0 terms: the floored sample's x0 error counts snr_floor times whatever its noise level
+    x0_error = schedule.predict_x_start(xt, timestep, noise + 0.5) - x0  # [B, F, C, H, W]
+    x0_mse = float((x0_error[2] ** 2).mean())
+    assert float(weighted.mse[2]) == pytest.approx(0.25 * x0_mse, rel=1e-4)
+    # without min-SNR the floor still applies, and the plain loss is untouched when both are off
+    floor_only = diffusion_loss(schedule, output, x0, xt, noise, timestep, snr_floor=0.25, max_weight=50)
+    torch.testing.assert_close(floor_only.mse, torch.tensor(0.25 * np.array([1.0, 1.0, 0.25 / snr[2], 50.0]),
+                                                            dtype=torch.float32))
+    plain = diffusion_loss(schedule, output, x0, xt, noise, timestep, max_weight=50)
+    torch.testing.assert_close(plain.mse, torch.full((4,), 0.25))
+
+
 @needs_espeak
 def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_vae):
     config = tiny_config(tmp_path / "run", tiny_vae)
     config["recipe"]["mouth_loss_weight"] = 4.0
     config["recipe"]["snr_gamma"] = 5.0
+    config["recipe"]["snr_floor"] = 0.25
+    config["recipe"]["max_loss_weight"] = 50.0
     config["recipe"]["memory_drop"] = 0.5
     trainer = TransformerTrainer(config_from_dict(config), show_progress=False)
     trainer.train()
@@ -426,6 +453,16 @@ def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_
     for bad in (-1, float("nan"), "5", True):
         config["recipe"]["snr_gamma"] = bad
         with pytest.raises(ValueError, match="recipe.snr_gamma"):
+            config_from_dict(config)
+    config["recipe"]["snr_gamma"] = 5.0
+    for bad in (-0.1, float("inf"), "0.25", False):
+        config["recipe"]["snr_floor"] = bad
+        with pytest.raises(ValueError, match="recipe.snr_floor"):
+            config_from_dict(config)
+    config["recipe"]["snr_floor"] = 0.25
+    for bad in (0.5, "50", None):
+        config["recipe"]["max_loss_weight"] = bad
+        with pytest.raises(ValueError, match="recipe.max_loss_weight"):
             config_from_dict(config)
 
 
