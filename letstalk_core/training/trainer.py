@@ -38,7 +38,7 @@ from ..model import AudioProjection, LetsTalkTransformer
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
 from .losses import DiffusionSchedule, diffusion_loss
-from .probe import PROBE_TIMESTEP, conditioning_probe, describe_probe
+from .probe import PROBE_TIMESTEP, PROBE_TIMESTEPS, conditioning_probe, describe_probe
 from .recipe import (
     add_pixel_noise,
     apply_condition_dropout,
@@ -391,9 +391,10 @@ class TransformerTrainer:
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
-            result = self.probe()
-            if result is not None:
-                logger.info("step %d probe, %s", self.step, describe_probe(result, PROBE_TIMESTEP))
+            for timestep in PROBE_TIMESTEPS:
+                result = self.probe(timestep)
+                if result is not None:
+                    logger.info("step %d probe, %s", self.step, describe_probe(result, timestep))
             path = self.save_checkpoint()
             _atomic_torch_save(self.state_dict(), self.output_dir / TRANSFORMER_STATE)
         self.accelerator.wait_for_everyone()

@@ -36,6 +36,7 @@ from letstalk_core.training.recipe import (
 )
 from letstalk_core.training.synthetic.speech import EspeakNotFoundError, find_espeak
 from letstalk_core.training.trainer import TRANSFORMER_STATE, TransformerTrainer, load_training_state
+from letstalk_core.training.probe import PROBE_TIMESTEPS
 
 
 def _has_espeak() -> bool:
@@ -507,5 +508,8 @@ def test_each_save_logs_the_probe(tmp_path, tiny_vae, caplog):
         trainer.train()
     lines = [r.getMessage() for r in caplog.records if "probe" in r.getMessage()]
     assert len(lines) >= 2 and all("portrait swapped x" in line and "memory swapped x" in line for line in lines)
+    # every save logs each of the probe's timesteps
+    for timestep in PROBE_TIMESTEPS:
+        assert sum(f"x0 L1 at t={timestep}:" in line for line in lines) == len(lines) // len(PROBE_TIMESTEPS)
     result = trainer.probe()
     assert all(math.isfinite(v) and v > 0 for v in result.values())
