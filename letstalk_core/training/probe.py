@@ -39,8 +39,9 @@ def conditioning_probe(
     ``latents [B, F, C, h, w]`` clean clips (B >= 2), ``portrait_latents [B, C, h, w]``,
     ``audio_windows [B, F, W, L, D]``, ``memory_latents [B, K, C, h, w]`` or None; ``mouth_mask``
     (broadcastable to the latents, 1 over the mouth) adds the audio-swap error over the mouth only.
-    Returns ``own``, ``portrait_swapped``, ``memory_swapped`` (when there is memory), ``audio_swapped``
-    and, with a mask, ``own_mouth`` / ``audio_swapped_mouth``.
+    Returns ``own``, ``portrait_swapped``, ``memory_swapped`` (when there is memory), ``audio_swapped``,
+    ``audio_token_variation`` (clips of 2+ frames: the audio tokens' standard deviation over frames,
+    averaged, over their overall one) and, with a mask, ``own_mouth`` / ``audio_swapped_mouth``.
     """
     if latents.dim() != 5 or latents.shape[0] < 2:
         raise ValueError(f"the probe needs clean latents [B, F, C, h, w] with B >= 2 (it swaps conditions "
@@ -73,6 +74,11 @@ def conditioning_probe(
         }
         if memory_latents is not None and memory_latents.shape[1] > 0:
             result["memory_swapped"] = x0_error(portrait_latents, audio_windows, swap(memory_latents))
+        # how much the audio tokens change from frame to frame, as a fraction of their spread: near 0,
+        # the projection has flattened the speech away (the demo runs fell from 0.55 at init to 0.03)
+        tokens = audio_projection(audio_windows).float()  # [B, F, M, D]
+        if tokens.shape[1] > 1:
+            result["audio_token_variation"] = float(tokens.std(dim=1).mean() / tokens.std().clamp_min(1e-12))
         if mouth_mask is not None:
             result["own_mouth"] = x0_error(portrait_latents, audio_windows, memory_latents, mouth_mask)
             result["audio_swapped_mouth"] = x0_error(portrait_latents, swap(audio_windows), memory_latents, mouth_mask)
@@ -89,4 +95,6 @@ def describe_probe(result: dict[str, float], timestep: int) -> str:
             parts.append(f"{name} swapped x{result[key] / own:.3f}")
     if "own_mouth" in result:
         parts.append(f"audio swapped over the mouth x{result['audio_swapped_mouth'] / result['own_mouth']:.3f}")
+    if "audio_token_variation" in result:
+        parts.append(f"audio tokens vary over frames by {result['audio_token_variation']:.3f} of their spread")
     return ", ".join(parts) + " (x1.000: that condition is ignored)"

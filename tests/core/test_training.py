@@ -529,6 +529,12 @@ def test_conditioning_probe_tells_used_from_ignored_conditions():
     assert result["audio_swapped_mouth"] == pytest.approx(result["own_mouth"])
     line = describe_probe(result, 300)
     assert "t=300" in line and "memory swapped x1.000" in line and "portrait swapped x1.000" not in line
+    # audio tokens that follow the (random) windows vary over frames; a projection that flattens the
+    # speech away (every frame gets the first frame's tokens) gives 0
+    assert result["audio_token_variation"] > 0.5 and "audio tokens vary over frames by" in line
+    flat = conditioning_probe(copies_the_portrait, lambda w: w.flatten(3)[:, :1].expand(-1, w.shape[1], -1, -1),
+                              schedule, latents, portrait, windows, memory, timestep=300, generator=generator)
+    assert flat["audio_token_variation"] == 0.0
     with pytest.raises(ValueError, match="B >= 2"):
         conditioning_probe(copies_the_portrait, lambda w: w, schedule, latents[:1], portrait[:1], windows[:1])
     with pytest.raises(ValueError, match="timestep must be in 0..999"):
@@ -548,3 +554,4 @@ def test_each_save_logs_the_probe(tmp_path, tiny_vae, caplog):
         assert sum(f"x0 L1 at t={timestep}:" in line for line in lines) == len(lines) // len(PROBE_TIMESTEPS)
     result = trainer.probe()
     assert all(math.isfinite(v) and v > 0 for v in result.values())
+    assert all("audio tokens vary over frames by" in line for line in lines)
