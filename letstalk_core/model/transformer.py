@@ -314,15 +314,6 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         # tokens per chunk in the inference path (see LetsTalkBlock.forward_inference); None: automatic
         self.inference_chunk_rows: int | None = None
 
-    @torch.no_grad()
-    def zero_audio_output(self) -> None:
-        """Zero the output projection (weight and bias) of every block's audio cross-attention, so that
-        the audio branch adds nothing until training moves it: an initialisation for training from
-        scratch (the branch is not gated, so with random weights it adds audio-dependent noise)."""
-        for block in self.blocks:
-            block.audio_attn.to_out.weight.zero_()
-            block.audio_attn.to_out.bias.zero_()
-
     # ---- position tables -------------------------------------------------------------------------
     def spatial_position_table(self, grid_height: int, grid_width: int, *, device=None, dtype=None) -> torch.Tensor:
         """``[grid_height * grid_width, hidden]`` sin-cos table for a token grid."""

@@ -138,11 +138,6 @@ class RecipeConfig:
     # error counted at least snr_floor times), capped at max_loss_weight. 0: off.
     snr_floor: float = 0.0
     max_loss_weight: float = 1000.0
-    # Beyond the authors' recipe (an initialisation, not an architecture change): each block's audio
-    # cross-attention starts with a zero output projection, so the audio branch adds exactly nothing at
-    # step 0. With random init it adds audio-dependent noise to every token, and the demo runs answered
-    # by making the audio tokens constant (their change across frames fell from 55% to 3% of their size).
-    audio_zero_init: bool = False
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
 
 
@@ -311,8 +306,6 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not (isinstance(r.max_loss_weight, (int, float)) and not isinstance(r.max_loss_weight, bool)
             and r.max_loss_weight >= 1):
         raise ValueError(f"recipe.max_loss_weight must be a number >= 1, got {r.max_loss_weight!r}")
-    if not isinstance(r.audio_zero_init, bool):
-        raise ValueError(f"recipe.audio_zero_init must be true or false, got {r.audio_zero_init!r}")
     rates = r.dropout
     for name in ("audio", "portrait", "both"):
         _rate(getattr(rates, name), f"recipe.dropout.{name}")

@@ -138,8 +138,6 @@ class TransformerTrainer:
         self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor))
         self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
                                                                             self.encoder.feature_dim))
-        if config.recipe.audio_zero_init:
-            self.model.zero_audio_output()
         if t.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         parameters = list(self.model.parameters()) + list(self.audio_proj.parameters())

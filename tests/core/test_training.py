@@ -467,41 +467,6 @@ def test_training_with_mouth_and_snr_weights_runs_and_is_checked(tmp_path, tiny_
             config_from_dict(config)
 
 
-@needs_espeak
-def test_audio_zero_init_starts_the_audio_branch_at_nothing_and_trains_it(tmp_path, tiny_vae):
-    config = tiny_config(tmp_path / "run", tiny_vae)
-    config["recipe"]["audio_zero_init"] = True
-    config["recipe"]["dropout"] = {"audio": 0.0, "portrait": 0.0, "both": 0.0}
-    trainer = TransformerTrainer(config_from_dict(config), show_progress=False)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    out_weights = [block.audio_attn.to_out.weight for block in model.blocks]
-    assert all(not w.any() for w in out_weights)
-    # at step 0 the output does not depend on the audio at all
-    cfg = model.config
-    torch.manual_seed(0)
-    latents = torch.randn(2, cfg.frames_per_clip, cfg.in_channels, 8, 8)
-    portrait, memory = torch.randn(2, cfg.in_channels, 8, 8), torch.randn(2, 2, cfg.in_channels, 8, 8)
-    step = torch.tensor([500, 500])
-    audio_a, audio_b = (torch.randn(2, cfg.frames_per_clip, 2, cfg.audio_dim) for _ in range(2))
-    with torch.no_grad():
-        torch.testing.assert_close(model(latents, step, portrait, audio_a, memory),
-                                   model(latents, step, portrait, audio_b, memory), rtol=0, atol=0)
-    # the other layers keep their random init, and training moves the zeroed projections off zero
-    assert model.blocks[0].audio_attn.to_q.weight.any()
-    trainer.train()
-    assert all(block.audio_attn.to_out.weight.abs().max() > 0 for block in model.blocks)
-    with torch.no_grad():
-        assert not torch.equal(model(latents, step, portrait, audio_a, memory),
-                               model(latents, step, portrait, audio_b, memory))
-    # off by default (the authors' initialisation), and a yes/no
-    assert load_preset("S", {"data": {"path": "prepared"}, "vae": {"path": "sd-vae"}}, base_dir=tmp_path
-                       ).recipe.audio_zero_init is False
-    for bad in ("yes", 1, None):
-        config["recipe"]["audio_zero_init"] = bad
-        with pytest.raises(ValueError, match="recipe.audio_zero_init"):
-            config_from_dict(config)
-
-
 # ---- the conditioning probe ----------------------------------------------------------------------
 def test_conditioning_probe_tells_used_from_ignored_conditions():
     from letstalk_core.training.probe import conditioning_probe, describe_probe
