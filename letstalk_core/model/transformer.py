@@ -18,8 +18,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .attention import (AudioCrossAttention, LinearAttention, SpatialAttention, TemporalAttention, fold_modulation,
-                        modulated_linear)
+from .attention import (AudioCrossAttention, LinearAttention, SpatialAttention, TemporalAttention, apply_linear,
+                        fold_modulation, linear, modulated_linear)
 from .configs import VARIANTS
 from .embeddings import spatial_table, temporal_table
 
@@ -71,7 +71,7 @@ class FeedForward(nn.Module):
             hidden = F.gelu(hidden, approximate="tanh")
         else:  # inference: in place, which spares allocating (and page-faulting) another large buffer
             hidden = torch.ops.aten.gelu_(hidden, approximate="tanh")
-        return self.fc_out(hidden)
+        return apply_linear(self.fc_out, hidden)
 
 
 class GatedConvFeedForward(nn.Module):
@@ -212,7 +212,7 @@ class LetsTalkBlock(nn.Module):
                 part = stream[:, start:start + positions_per_chunk]  # [T, n, D]
                 attended = self.temporal_attn.attend_frame_major(
                     F.layer_norm(part, (dim,), norm.weight, norm.bias, norm.eps))  # [T, n, D]
-                part.add_(F.linear(attended, out_weight, out_bias))
+                part.add_(linear(attended, out_weight, out_bias))
             for start in range(0, frames, frames_per_chunk):
                 stop = min(frames, start + frames_per_chunk)
                 clip = state[b, memory_frames + start:memory_frames + stop]  # [c, 2N, D], contiguous
@@ -221,16 +221,16 @@ class LetsTalkBlock(nn.Module):
                 # 2. audio cross-attention
                 video.add_(self.audio_attn.attend(F.layer_norm(video, (dim,), eps=1e-6), keys[seqs], values[seqs]))
                 # 3. spatial attention over video + portrait tokens
-                qkv = F.linear(F.layer_norm(clip, (dim,), eps=1e-6), attn_weight[b], attn_bias[b])  # [c, 2N, 3D]
+                qkv = linear(F.layer_norm(clip, (dim,), eps=1e-6), attn_weight[b], attn_bias[b])  # [c, 2N, 3D]
                 clip.addcmul_(gate_attn[b], self.spatial_attn.attend_projected(qkv))
                 # 4. feed-forward
                 if lite:
-                    hidden = F.linear(F.layer_norm(video, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, N, 2H]
+                    hidden = linear(F.layer_norm(video, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, N, 2H]
                     video.addcmul_(gate_ff[b], self.feed_forward.mix_and_project(hidden, grid).view(video.shape))
                 else:
-                    hidden = F.linear(F.layer_norm(clip, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, 2N, H]
+                    hidden = linear(F.layer_norm(clip, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, 2N, H]
                     hidden = gelu_tanh_(hidden) if chunked else torch.ops.aten.gelu_(hidden, approximate="tanh")
-                    clip.addcmul_(gate_ff[b], self.feed_forward.fc_out(hidden))
+                    clip.addcmul_(gate_ff[b], apply_linear(self.feed_forward.fc_out, hidden))
 
     def merged_temporal_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``temporal_out(temporal_attn.to_out(x))`` as one linear map (weight ``[D, D]``, bias ``[D]``),
@@ -386,12 +386,13 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         state[:, memory_frames:, :tokens] = video
         state[:, memory_frames:, tokens:] = portrait
         rows_per_chunk = self.inference_chunk_rows
-        if rows_per_chunk is None and torch.get_num_threads() == 1:
-            # Chunks of 4096 tokens (matmuls still efficient, buffers cache-sized) measured about 7%
-            # faster on one thread. With several threads every extra operation is another parallel
-            # region to fork and join; on the shared 2-core test machine that cost outweighed the
-            # cache gain (30% slower), so there the steps run unchunked.
-            rows_per_chunk = 4096
+        if rows_per_chunk is None:
+            # Chunks of ~2048 tokens keep every working buffer under glibc's largest mmap threshold
+            # (32 MiB). Unchunked, the feed-forward and qkv buffers of an S model at 256 px (40-50 MiB)
+            # are mmapped and unmapped on every block: ~220k-400k page faults, 0.3-0.8 s of a ~4-5 s
+            # forward on the 2-core test machine. Chunked, the heap reuses them (0-8k faults); on one
+            # thread and on two, 2048 measured as fast as 4096 or faster (bench/transformer.py).
+            rows_per_chunk = 2048
         for block in self.blocks:
             block.forward_inference(state, time_features, audio, grid, memory_frames, rows_per_chunk)
         return state[:, memory_frames:, :tokens]

@@ -323,6 +323,38 @@ def test_official_audio_projection_keys_map_both_ways():
     assert sum(t.numel() for t in audio_proj.state_dict().values()) == entry["params"]
 
 
+def test_fused_bias_linear_matches_f_linear_and_is_used_only_for_float32_cpu_inference():
+    from letstalk_core.model import attention
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 70, 48)  # [..., D]: 3-D input as the blocks pass it
+    weight, bias = torch.randn(96, 48), torch.randn(96)
+    expected = F.linear(x.double(), weight.double(), bias.double())
+    with torch.no_grad():
+        with torch.profiler.profile() as prof:
+            fused = attention.linear(x, weight, bias)
+    names = {event.name for event in prof.events()}
+    assert fused.shape == (3, 70, 96)
+    assert (fused.double() - expected).abs().max().item() < 1e-4
+    if attention._FUSED_BIAS_LINEAR:
+        assert "mkldnn::_linear_pointwise" in names
+        assert "aten::addmm" not in names
+    # autograd, no bias, another dtype, or oneDNN switched off: plain F.linear, bit for bit
+    x.requires_grad_(True)
+    out = attention.linear(x, weight, bias)
+    assert torch.equal(out, F.linear(x, weight, bias)) and out.requires_grad
+    with torch.no_grad():
+        assert torch.equal(attention.linear(x, weight), F.linear(x, weight))
+        assert attention.linear(x.double(), weight.double(), bias.double()).dtype == torch.float64
+        torch.backends.mkldnn.enabled = False
+        try:
+            with torch.profiler.profile() as prof:
+                attention.linear(x, weight, bias)
+        finally:
+            torch.backends.mkldnn.enabled = True
+        assert "mkldnn::_linear_pointwise" not in {event.name for event in prof.events()}
+
+
 # ---- the inference path (packed tokens, chunks, merged temporal projection, sigmoid-form GELU) ------
 @pytest.mark.parametrize("variant", ["vdt", "vdt_long", "lite"])
 @pytest.mark.parametrize("chunk_rows", [1, 50, 4096, None])
