@@ -40,21 +40,21 @@ def apply_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(x, module.weight, module.bias)
 
 
-def fold_modulation(linear: nn.Linear, shift: torch.Tensor, scale: torch.Tensor
+def fold_modulation(module: nn.Linear, shift: torch.Tensor, scale: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample weights ``[B, out, D]`` and biases ``[B, out]`` such that ``x W_b^T + b_b`` equals
-    ``linear(x * (1 + scale_b) + shift_b)``: ``W * (1 + scale)`` and ``b + W shift``, which costs
+    ``module(x * (1 + scale_b) + shift_b)``: ``W * (1 + scale)`` and ``b + W shift``, which costs
     ``B x out x D`` multiplies instead of a pass over all the activations."""
-    weight = linear.weight[None] * (1 + scale)[:, None, :]  # [B, out, D]
-    bias = torch.matmul(shift, linear.weight.t())  # [B, out]
-    if linear.bias is not None:
-        bias = bias + linear.bias
+    weight = module.weight[None] * (1 + scale)[:, None, :]  # [B, out, D]
+    bias = torch.matmul(shift, module.weight.t())  # [B, out]
+    if module.bias is not None:
+        bias = bias + module.bias
     return weight, bias
 
 
 def modulated_linear(x: torch.Tensor, module: nn.Linear, shift: torch.Tensor | None = None,
                      scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``linear(x * (1 + scale) + shift)`` for x ``[B, ..., D]`` and per-sample shift/scale ``[B, D]``,
+    """``module(x * (1 + scale) + shift)`` for x ``[B, ..., D]`` and per-sample shift/scale ``[B, D]``,
     with the modulation folded into the weights (``fold_modulation``)."""
     if shift is None:
         return apply_linear(module, x)

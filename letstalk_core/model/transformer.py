@@ -177,18 +177,17 @@ class LetsTalkBlock(nn.Module):
         audio_tokens: torch.Tensor,  # [B*F, M, Da]
         grid: tuple[int, int],
         memory_frames: int,
-        rows_per_chunk: int | None,
+        rows_per_chunk: int,
     ) -> None:
         """The same block as ``forward``, for inference, on the packed token layout of
         ``LetsTalkTransformer``: frame t of ``state`` holds its video tokens (memory tokens for
         t < K) in ``[:N]`` and, for clip frames, the portrait tokens in ``[N:]``.
 
-        Nothing is concatenated or transposed and the residuals are added in place. With
-        ``rows_per_chunk`` set, the temporal step runs on chunks of spatial positions and the
-        per-frame steps (audio, spatial attention, feed-forward) on chunks of frames, each about
-        that many tokens, and the GELU runs in cache-sized row blocks (``gelu_tanh_``): the working
-        buffers stay small and cache-resident, at the price of more, smaller operations. With
-        ``None`` every step runs once on all tokens.
+        Nothing is concatenated or transposed and the residuals are added in place. The temporal
+        step runs on chunks of spatial positions and the per-frame steps (audio, spatial attention,
+        feed-forward) on chunks of frames, each about ``rows_per_chunk`` tokens, and the GELU runs in
+        cache-sized row blocks (``gelu_tanh_``): the working buffers stay small, at the price of
+        more, smaller operations.
         """
         batch, length, joint, dim = state.shape
         tokens = joint // 2
@@ -202,9 +201,8 @@ class LetsTalkBlock(nn.Module):
         ff_weight, ff_bias = fold_modulation(ff_in, shift_ff, scale_ff)  # [B, H', D], [B, H']
         keys, values = self.audio_attn.keys_values(audio_tokens)  # each [B*F, h, M, d]
         norm = self.temporal_norm
-        chunked = rows_per_chunk is not None
-        positions_per_chunk = _even_chunk(tokens, rows_per_chunk // length) if chunked else tokens
-        frames_per_chunk = _even_chunk(frames, rows_per_chunk // joint) if chunked else frames
+        positions_per_chunk = _even_chunk(tokens, rows_per_chunk // length)
+        frames_per_chunk = _even_chunk(frames, rows_per_chunk // joint)
         for b in range(batch):
             # 1. temporal attention at each spatial position over [memory, clip] frames
             stream = state[b, :, :tokens]  # [T, N, D]
@@ -229,7 +227,7 @@ class LetsTalkBlock(nn.Module):
                     video.addcmul_(gate_ff[b], self.feed_forward.mix_and_project(hidden, grid).view(video.shape))
                 else:
                     hidden = linear(F.layer_norm(clip, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, 2N, H]
-                    hidden = gelu_tanh_(hidden) if chunked else torch.ops.aten.gelu_(hidden, approximate="tanh")
+                    hidden = gelu_tanh_(hidden)
                     clip.addcmul_(gate_ff[b], apply_linear(self.feed_forward.fc_out, hidden))
 
     def merged_temporal_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,7 +309,7 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         self.final_modulation = nn.Linear(hidden_size, 2 * hidden_size)
         self.final_proj = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
         self._table_cache: dict[tuple, torch.Tensor] = {}
-        # tokens per chunk in the inference path (see LetsTalkBlock.forward_inference); None: automatic
+        # tokens per chunk in the inference path (see LetsTalkBlock.forward_inference); None: 2048
         self.inference_chunk_rows: int | None = None
 
     # ---- position tables -------------------------------------------------------------------------
