@@ -312,6 +312,41 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         # tokens per chunk in the inference path (see LetsTalkBlock.forward_inference); None: 2048
         self.inference_chunk_rows: int | None = None
 
+    # ---- initialisation for training -------------------------------------------------------------
+    @torch.no_grad()
+    def initialize_weights(self, generator: torch.Generator | None = None) -> "LetsTalkTransformer":
+        """Re-initialise every weight the way the DiT/VDT family (which the authors' code builds on) does
+        before training, in place; returns the model.
+
+        Every Linear gets a Xavier-uniform weight and a zero bias; the patch embedding likewise, as the
+        Linear it is; the timestep MLP normal(0, 0.02); and the adaLN-Zero part: every block's modulation
+        and the final layer's modulation and projection start at zero. So a fresh model predicts zero,
+        its spatial attention and feed-forward start closed (gate 0) and open as training needs them,
+        while the ungated temporal attention and audio cross-attention are live from the first step.
+        The depthwise conv of ``lite`` keeps PyTorch's default. Loading weights replaces all of this;
+        the constructor itself keeps PyTorch's defaults (a random model with non-zero outputs)."""
+        def xavier(weight: torch.Tensor) -> None:
+            fan_out, fan_in = weight.shape[0], weight[0].numel()
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            weight.uniform_(-bound, bound, generator=generator)
+
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                xavier(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
+        xavier(self.patch_embed.weight)
+        self.patch_embed.bias.zero_()
+        for layer in (self.timestep_embed.linear_1, self.timestep_embed.linear_2):
+            layer.weight.normal_(0.0, 0.02, generator=generator)
+        for block in self.blocks:
+            block.modulation.weight.zero_()
+            block.modulation.bias.zero_()
+        for layer in (self.final_modulation, self.final_proj):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        return self
+
     # ---- position tables -------------------------------------------------------------------------
     def spatial_position_table(self, grid_height: int, grid_width: int, *, device=None, dtype=None) -> torch.Tensor:
         """``[grid_height * grid_width, hidden]`` sin-cos table for a token grid."""

@@ -135,7 +135,7 @@ class TransformerTrainer:
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
         factor = self.codec.downscale_factor if self.codec is not None else None
-        self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor))
+        self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor)).initialize_weights()
         self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
                                                                             self.encoder.feature_dim))
         if t.gradient_checkpointing:

@@ -453,3 +453,34 @@ def test_model_built_and_run_under_inference_mode_matches_no_grad():
         for p in reference.parameters():
             p.mul_(0.5)
         torch.testing.assert_close(second, reference(*inputs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["vdt_long", "lite"])
+def test_initialize_weights_is_the_dit_adaln_zero_init(variant):
+    model = _tiny(variant).train()  # every parameter random, so each rule below has something to undo
+    generator = torch.Generator().manual_seed(3)
+    assert model.initialize_weights(generator) is model
+    latents, timestep, portrait, audio, memory = _inputs(2, 4, 8, 8, 2)
+    out = model(latents, timestep, portrait, audio, memory)
+    assert out.abs().max().item() == 0.0  # zero final layer: a fresh model predicts zero
+    zero = [model.final_proj, model.final_modulation] + [block.modulation for block in model.blocks]
+    for layer in zero:
+        assert layer.weight.abs().max().item() == 0.0 and layer.bias.abs().max().item() == 0.0
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and all(m is not z for z in zero)]
+    linears = [m for m in linears if all(m is not t for t in model.timestep_embed.modules())]
+    assert len(linears) >= 6 * len(model.blocks)
+    for layer in linears + [model.patch_embed]:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max().item() <= bound
+        assert abs(layer.weight.std().item() - bound / 3**0.5) < 0.15 * bound  # uniform on [-bound, bound]
+        assert layer.bias is None or layer.bias.abs().max().item() == 0.0
+    for layer in (model.timestep_embed.linear_1, model.timestep_embed.linear_2):
+        assert abs(layer.weight.std().item() - 0.02) < 0.004
+    # deterministic given the generator, and training can start: the zero layers get gradients
+    again = _tiny(variant).initialize_weights(torch.Generator().manual_seed(3))
+    for a, b in zip(model.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    out = model(latents, timestep, portrait, audio, memory)
+    (out - torch.randn_like(out)).square().mean().backward()
+    assert model.final_proj.weight.grad.abs().max().item() > 0
