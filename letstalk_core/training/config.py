@@ -11,7 +11,7 @@ Sections (all optional except where a preset leaves a value to fill in)::
     audio:   {encoder, n_mels, window_radius, intermediate_dim, num_tokens, output_dim}
     vae:     {path, config, steps, batch_size, learning_rate, kl_weight, save_every}
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
-               learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
+               learning_rate, audio_projection_learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
               memory_drop, mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
               dropout: {audio, portrait, both}}
@@ -101,6 +101,8 @@ class TrainingConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-4
+    # The audio projection's own rate; null: learning_rate. 0 keeps it at its random initialisation.
+    audio_projection_learning_rate: float | None = None
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.9999
@@ -281,6 +283,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"training.mixed_precision must be one of {list(MIXED_PRECISION)}, got {t.mixed_precision!r}")
     if not (isinstance(t.learning_rate, (int, float)) and t.learning_rate > 0):
         raise ValueError(f"training.learning_rate must be a positive number, got {t.learning_rate!r}")
+    rate = t.audio_projection_learning_rate
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0):
+        raise ValueError(f"training.audio_projection_learning_rate must be a number >= 0 or null (the same as "
+                         f"training.learning_rate), got {rate!r}")
     if not (isinstance(t.weight_decay, (int, float)) and t.weight_decay >= 0):
         raise ValueError(f"training.weight_decay must be >= 0, got {t.weight_decay!r}")
     _rate(t.ema_decay, "training.ema_decay")

@@ -19,6 +19,9 @@ PROBE_TIMESTEP = 200  # noisy enough that the conditions matter, clean enough th
 # the timesteps a training run logs the probe at: 200, and 500, where samplers settle the mouth's opening
 # (an 8000-step demo run used the audio 10% at t=500 and 3% at t=850, against 16% at t=200)
 PROBE_TIMESTEPS = (PROBE_TIMESTEP, 500)
+# clips a training run probes (in batches of its batch size): with one batch of 4 clips the audio-swap
+# ratio over the mouth moved by +-3% from batch to batch, as much as the effects it is meant to show
+PROBE_CLIPS = 16
 
 
 def conditioning_probe(

@@ -38,7 +38,7 @@ from ..model import AudioProjection, LetsTalkTransformer
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
 from .losses import DiffusionSchedule, diffusion_loss
-from .probe import PROBE_TIMESTEP, PROBE_TIMESTEPS, conditioning_probe, describe_probe
+from .probe import PROBE_CLIPS, PROBE_TIMESTEP, PROBE_TIMESTEPS, conditioning_probe, describe_probe
 from .recipe import (
     add_pixel_noise,
     apply_condition_dropout,
@@ -141,7 +141,10 @@ class TransformerTrainer:
         if t.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         parameters = list(self.model.parameters()) + list(self.audio_proj.parameters())
-        self.optimizer = torch.optim.AdamW(parameters, lr=t.learning_rate, betas=t.adam_betas,
+        audio_rate = t.learning_rate if t.audio_projection_learning_rate is None else t.audio_projection_learning_rate
+        groups = [{"params": list(self.model.parameters())},
+                  {"params": list(self.audio_proj.parameters()), "lr": audio_rate}]
+        self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=t.adam_betas,
                                            weight_decay=t.weight_decay)
         self.ema = EMAModel(parameters, decay=t.ema_decay)
         self.step = 0  # optimiser steps done
@@ -173,7 +176,7 @@ class TransformerTrainer:
     def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.audio_proj.load_state_dict(state["audio_proj"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self._split_optimizer_groups(state["optimizer"]))
         self.ema.load_state_dict(state["ema"])
         self.step, self.micro_step = int(state["step"]), int(state["micro_step"])
         order = state.get("data_order", {})
@@ -186,6 +189,20 @@ class TransformerTrainer:
                              f"{self.config.seed}; resume with the same config")
         if "scaler" in state and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
+
+    def _split_optimizer_groups(self, optimizer_state: dict) -> dict:
+        """States saved before the audio projection had its own parameter group hold one group of the
+        model's parameters followed by the projection's: split it the way the optimiser is now built."""
+        groups = optimizer_state["param_groups"]
+        if len(groups) != 1 or len(self.optimizer.param_groups) != 2:
+            return optimizer_state
+        count = len(self.optimizer.param_groups[0]["params"])
+        model_group = {**groups[0], "params": groups[0]["params"][:count]}
+        rate = self.optimizer.param_groups[1]["lr"]
+        audio_group = {**groups[0], "params": groups[0]["params"][count:], "lr": rate}
+        if "initial_lr" in audio_group:
+            audio_group["initial_lr"] = rate
+        return {**optimizer_state, "param_groups": [model_group, audio_group]}
 
     def state_dict(self) -> dict:
         unwrap = self.accelerator.unwrap_model
@@ -310,6 +327,7 @@ class TransformerTrainer:
             "name": cfg.name,
             "ema_decay": cfg.training.ema_decay,
             "learning_rate": cfg.training.learning_rate,
+            "audio_projection_learning_rate": cfg.training.audio_projection_learning_rate,
             "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps * self.accelerator.num_processes,
             "resolution": cfg.data.resolution,
             "fps": cfg.data.fps,
@@ -357,13 +375,21 @@ class TransformerTrainer:
             self.ema.restore(parameters)
 
     def probe(self, timestep: int = PROBE_TIMESTEP) -> Optional[dict[str, float]]:
-        """:func:`~.probe.conditioning_probe` with the EMA weights on a fixed batch (the same at every
-        call; its own random generator, so training draws are untouched). None when the batch holds
-        fewer than 2 clips or the data has no pixels to encode portraits from."""
-        if self.config.training.batch_size < 2 or (self.codec is None and not self.use_latents):
+        """:func:`~.probe.conditioning_probe` with the EMA weights on fixed batches of about
+        ``PROBE_CLIPS`` clips in all (the same at every call; its own random generator, so training
+        draws are untouched), each error averaged over the batches. None when a batch holds fewer than
+        2 clips or the data has no pixels to encode portraits from."""
+        batch_size = self.config.training.batch_size
+        if batch_size < 2 or (self.codec is None and not self.use_latents):
             return None
         generator = torch.Generator().manual_seed(self.config.seed + 7919)
-        batch = self._batch(0, generator)
+        # one batch of 4 clips swings the audio ratio by +-3% from batch to batch: average over PROBE_CLIPS
+        results = [self._probe_batch(self._batch(i, generator), timestep, generator)
+                   for i in range(max(1, math.ceil(PROBE_CLIPS / batch_size)))]
+        keys = [key for key in results[0] if all(key in r for r in results)]  # mouth keys: boxes known
+        return {key: sum(r[key] for r in results) / len(results) for key in keys}
+
+    def _probe_batch(self, batch: dict, timestep: int, generator: torch.Generator) -> dict[str, float]:
         device = self.accelerator.device
         if self.use_latents:
             latents, portrait = batch["clip"].to(device), batch["portrait"].to(device)

@@ -36,7 +36,7 @@ from letstalk_core.training.recipe import (
 )
 from letstalk_core.training.synthetic.speech import EspeakNotFoundError, find_espeak
 from letstalk_core.training.trainer import TRANSFORMER_STATE, TransformerTrainer, load_training_state
-from letstalk_core.training.probe import PROBE_TIMESTEPS
+from letstalk_core.training.probe import PROBE_CLIPS, PROBE_TIMESTEPS
 
 
 def _has_espeak() -> bool:
@@ -135,6 +135,35 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_vae):
     # the weights end where the uninterrupted run's end
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_espeak
+def test_audio_projection_learning_rate_and_resuming_a_single_group_state(tmp_path, tiny_vae):
+    with pytest.raises(ValueError, match="training.audio_projection_learning_rate must be a number >= 0 or null"):
+        config_from_dict(tiny_config(tmp_path / "bad", tiny_vae, audio_projection_learning_rate=-1e-4))
+    frozen = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "frozen", tiny_vae,
+                                                             audio_projection_learning_rate=0.0)), show_progress=False)
+    assert [g["lr"] for g in frozen.optimizer.param_groups] == [1e-3, 0.0]
+    start = [p.detach().clone() for p in frozen.audio_proj.parameters()]
+    frozen.train()
+    assert all(torch.equal(a, b) for a, b in zip(start, frozen.audio_proj.parameters()))  # rate 0: kept as drawn
+    assert load_checkpoint(tmp_path / "frozen" / "letstalk.safetensors").training["audio_projection_learning_rate"] == 0.0
+
+    # a state saved with one parameter group (before this option) resumes into the two groups
+    first = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "old", tiny_vae, max_steps=3)), show_progress=False)
+    first.train(max_steps=2)
+    path = tmp_path / "old" / "training_state.pt"
+    state = torch.load(path, weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    state["optimizer"]["param_groups"] = [{**groups[0], "params": groups[0]["params"] + groups[1]["params"]}]
+    torch.save(state, path)
+    resumed = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "old", tiny_vae, max_steps=3,
+                                                              audio_projection_learning_rate=1e-4)),
+                                 resume=True, show_progress=False)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [1e-3, 1e-4]
+    assert len(resumed.optimizer.state) == len(list(resumed.model.parameters())) + len(list(resumed.audio_proj.parameters()))
+    resumed.train()
+    assert resumed.step == 3
 
 
 @needs_espeak
@@ -530,3 +559,10 @@ def test_each_save_logs_the_probe(tmp_path, tiny_vae, caplog):
     result = trainer.probe()
     assert all(math.isfinite(v) and v > 0 for v in result.values())
     assert all("audio tokens vary over frames by" in line for line in lines)
+    # the probe averages PROBE_CLIPS clips: here 8 batches of 2, drawn in order from one generator
+    generator = torch.Generator().manual_seed(trainer.config.seed + 7919)
+    parts = [trainer._probe_batch(trainer._batch(i, generator), PROBE_TIMESTEPS[0], generator)
+             for i in range(PROBE_CLIPS // 2)]
+    assert len({round(p["own"], 6) for p in parts}) > 1
+    for key in ("own", "audio_swapped", "portrait_swapped"):
+        assert result[key] == pytest.approx(sum(p[key] for p in parts) / len(parts), rel=1e-6)
