@@ -325,17 +325,13 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         while the ungated temporal attention and audio cross-attention are live from the first step.
         The depthwise conv of ``lite`` keeps PyTorch's default. Loading weights replaces all of this;
         the constructor itself keeps PyTorch's defaults (a random model with non-zero outputs)."""
-        def xavier(weight: torch.Tensor) -> None:
-            fan_out, fan_in = weight.shape[0], weight[0].numel()
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            weight.uniform_(-bound, bound, generator=generator)
-
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                xavier(module.weight)
+                nn.init.xavier_uniform_(module.weight, generator=generator)
                 if module.bias is not None:
                     module.bias.zero_()
-        xavier(self.patch_embed.weight)
+        weight = self.patch_embed.weight  # fans of the Linear it is (out, in * p * p), not of a conv
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1), generator=generator)
         self.patch_embed.bias.zero_()
         for layer in (self.timestep_embed.linear_1, self.timestep_embed.linear_2):
             layer.weight.normal_(0.0, 0.02, generator=generator)

@@ -11,7 +11,8 @@ Sections (all optional except where a preset leaves a value to fill in)::
     audio:   {encoder, n_mels, window_radius, intermediate_dim, num_tokens, output_dim}
     vae:     {path, config, steps, batch_size, learning_rate, kl_weight, save_every}
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
-               learning_rate, audio_projection_learning_rate, weight_decay, adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every}
+               learning_rate, audio_projection_learning_rate, weight_decay, adam_betas, ema_decay, grad_clip,
+               grad_clip_after, save_every, log_every}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
               memory_drop, mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
               dropout: {audio, portrait, both}}

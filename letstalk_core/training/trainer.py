@@ -140,13 +140,12 @@ class TransformerTrainer:
                                                                             self.encoder.feature_dim))
         if t.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
-        parameters = list(self.model.parameters()) + list(self.audio_proj.parameters())
         audio_rate = t.learning_rate if t.audio_projection_learning_rate is None else t.audio_projection_learning_rate
         groups = [{"params": list(self.model.parameters())},
                   {"params": list(self.audio_proj.parameters()), "lr": audio_rate}]
         self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=t.adam_betas,
                                            weight_decay=t.weight_decay)
-        self.ema = EMAModel(parameters, decay=t.ema_decay)
+        self.ema = EMAModel(self._parameters(), decay=t.ema_decay)
         self.step = 0  # optimiser steps done
         self.micro_step = 0  # batches seen by this process (steps x accumulation)
         self.last_losses: list[float] = []
