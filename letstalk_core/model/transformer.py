@@ -314,7 +314,9 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
 
     # ---- initialisation for training -------------------------------------------------------------
     @torch.no_grad()
-    def initialize_weights(self, generator: torch.Generator | None = None) -> "LetsTalkTransformer":
+    def initialize_weights(
+        self, generator: torch.Generator | None = None, *, zero_audio_attention: bool = False
+    ) -> "LetsTalkTransformer":
         """Re-initialise every weight the way the DiT/VDT family (which the authors' code builds on) does
         before training, in place; returns the model.
 
@@ -324,7 +326,13 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         its spatial attention and feed-forward start closed (gate 0) and open as training needs them,
         while the ungated temporal attention and audio cross-attention are live from the first step.
         The depthwise conv of ``lite`` keeps PyTorch's default. Loading weights replaces all of this;
-        the constructor itself keeps PyTorch's defaults (a random model with non-zero outputs)."""
+        the constructor itself keeps PyTorch's defaults (a random model with non-zero outputs).
+
+        ``zero_audio_attention`` (beyond the authors' recipe) also zeroes every block's audio
+        cross-attention output projection, as PixArt-alpha does for its text cross-attention and
+        ControlNet for its conditioning path: the speech then adds nothing at the first step, and the
+        audio projection receives no gradient until that output has grown along what helps the loss,
+        instead of first learning to suppress the random signal a live path injects."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight, generator=generator)
@@ -338,6 +346,9 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         for block in self.blocks:
             block.modulation.weight.zero_()
             block.modulation.bias.zero_()
+            if zero_audio_attention:
+                block.audio_attn.to_out.weight.zero_()
+                block.audio_attn.to_out.bias.zero_()
         for layer in (self.final_modulation, self.final_proj):
             layer.weight.zero_()
             layer.bias.zero_()

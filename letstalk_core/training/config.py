@@ -11,7 +11,7 @@ Sections (all optional except where a preset leaves a value to fill in)::
     audio:   {encoder, n_mels, window_radius, intermediate_dim, num_tokens, output_dim}
     vae:     {path, config, steps, batch_size, learning_rate, kl_weight, save_every}
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
-               learning_rate, audio_projection_learning_rate, weight_decay, adam_betas, ema_decay, grad_clip,
+               learning_rate, audio_projection_learning_rate, zero_init_audio_attention, weight_decay, adam_betas, ema_decay, grad_clip,
                grad_clip_after, save_every, log_every}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
               memory_drop, mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
@@ -104,6 +104,8 @@ class TrainingConfig:
     learning_rate: float = 1e-4
     # The audio projection's own rate; null: learning_rate. 0 keeps it at its random initialisation.
     audio_projection_learning_rate: float | None = None
+    # Zero the audio cross-attention output projections at the start (see initialize_weights).
+    zero_init_audio_attention: bool = False
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.9999
@@ -288,6 +290,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0):
         raise ValueError(f"training.audio_projection_learning_rate must be a number >= 0 or null (the same as "
                          f"training.learning_rate), got {rate!r}")
+    if not isinstance(t.zero_init_audio_attention, bool):
+        raise ValueError(f"training.zero_init_audio_attention must be true or false, got {t.zero_init_audio_attention!r}")
     if not (isinstance(t.weight_decay, (int, float)) and t.weight_decay >= 0):
         raise ValueError(f"training.weight_decay must be >= 0, got {t.weight_decay!r}")
     _rate(t.ema_decay, "training.ema_decay")

@@ -135,7 +135,8 @@ class TransformerTrainer:
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
         factor = self.codec.downscale_factor if self.codec is not None else None
-        self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor)).initialize_weights()
+        self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor)).initialize_weights(
+            zero_audio_attention=t.zero_init_audio_attention)
         self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
                                                                             self.encoder.feature_dim))
         if t.gradient_checkpointing:
@@ -327,6 +328,7 @@ class TransformerTrainer:
             "ema_decay": cfg.training.ema_decay,
             "learning_rate": cfg.training.learning_rate,
             "audio_projection_learning_rate": cfg.training.audio_projection_learning_rate,
+            "zero_init_audio_attention": cfg.training.zero_init_audio_attention,
             "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps * self.accelerator.num_processes,
             "resolution": cfg.data.resolution,
             "fps": cfg.data.fps,

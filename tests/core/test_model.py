@@ -484,3 +484,24 @@ def test_initialize_weights_is_the_dit_adaln_zero_init(variant):
     out = model(latents, timestep, portrait, audio, memory)
     (out - torch.randn_like(out)).square().mean().backward()
     assert model.final_proj.weight.grad.abs().max().item() > 0
+
+
+def test_initialize_weights_can_start_the_audio_cross_attention_closed():
+    default = _tiny("vdt_long").initialize_weights(torch.Generator().manual_seed(5))
+    closed = _tiny("vdt_long").initialize_weights(torch.Generator().manual_seed(5), zero_audio_attention=True)
+    for (name, a), (_, b) in zip(default.named_parameters(), closed.named_parameters()):
+        if ".audio_attn.to_out." in name:
+            assert b.abs().max().item() == 0.0, name
+            assert name.endswith(".bias") or a.abs().max().item() > 0.0, name  # biases start at zero anyway
+        else:
+            assert torch.equal(a, b), name  # every other draw is the same
+    # closed: the audio changes nothing until training opens it, yet its output projection gets a gradient
+    for block in closed.blocks:
+        block.modulation.weight.data.normal_(0.0, 0.02)
+    closed.final_proj.weight.data.normal_(0.0, 0.02)
+    latents, timestep, portrait, audio, memory = _inputs(2, 4, 8, 8, 2)
+    out = closed(latents, timestep, portrait, audio, memory)
+    torch.testing.assert_close(out, closed(latents, timestep, portrait, torch.randn_like(audio), memory), rtol=0, atol=0)
+    out.square().mean().backward()
+    assert all(block.audio_attn.to_out.weight.grad.abs().max().item() > 0 for block in closed.blocks)
+    assert all(block.audio_attn.to_v.weight.grad.abs().max().item() == 0 for block in closed.blocks)

@@ -148,6 +148,13 @@ def test_audio_projection_learning_rate_and_resuming_a_single_group_state(tmp_pa
     frozen.train()
     assert all(torch.equal(a, b) for a, b in zip(start, frozen.audio_proj.parameters()))  # rate 0: kept as drawn
     assert load_checkpoint(tmp_path / "frozen" / "letstalk.safetensors").training["audio_projection_learning_rate"] == 0.0
+    with pytest.raises(ValueError, match="training.zero_init_audio_attention must be true or false"):
+        config_from_dict(tiny_config(tmp_path / "bad", tiny_vae, zero_init_audio_attention="yes"))
+    closed = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "closed", tiny_vae, max_steps=1,
+                                                             zero_init_audio_attention=True)), show_progress=False)
+    assert all(block.audio_attn.to_out.weight.abs().max().item() == 0 for block in closed.model.blocks)
+    closed.train()
+    assert load_checkpoint(tmp_path / "closed" / "letstalk.safetensors").training["zero_init_audio_attention"] is True
 
     # a state saved with one parameter group (before this option) resumes into the two groups
     first = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "old", tiny_vae, max_steps=3)), show_progress=False)
