@@ -195,6 +195,9 @@ class LinearAttention(_FrameAttention):
         q = F.relu(q, inplace=not q.requires_grad).float()  # views of qkv: in place at inference
         k = F.relu(k, inplace=not k.requires_grad).float()
         v = v.float()
+        if q.device.type == "cpu" and not (q.requires_grad or k.requires_grad or v.requires_grad):
+            out = self._attend_per_sequence(q, k, v)
+            return apply_linear(self.to_out, out.to(qkv.dtype).view(seqs, length, dim))
         kv = torch.einsum("slhd,slhe->shde", k, v)  # [S, h, d, d]
         # k summed over tokens as one more column of kv: one product gives numerator and denominator
         kv = torch.cat([kv, k.sum(dim=1).unsqueeze(-1)], dim=-1)  # [S, h, d, d+1]
@@ -202,3 +205,22 @@ class LinearAttention(_FrameAttention):
         numerator, denominator = product[..., :-1], product[..., -1:]  # [S, L, h, d], [S, L, h, 1]
         out = numerator / (denominator + self.eps)
         return apply_linear(self.to_out, out.to(qkv.dtype).reshape(seqs, length, dim))
+
+    def _attend_per_sequence(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Inference: q, k, v ``[S, L, h, d]`` float32, possibly strided views of one qkv buffer ->
+        ``[S, L, h, d]`` contiguous. One sequence at a time, its heads as the batch of ``bmm``: a
+        head of one sequence is a plain strided matrix, so nothing is copied (``einsum`` over
+        ``(S, h)`` batches must first gather q, k and v, and its output, into contiguous buffers:
+        at the ``lite`` shapes those copies cost more than the products themselves)."""
+        seqs, length, heads, width = q.shape
+        out = torch.empty(seqs, length, heads, width, dtype=torch.float32, device=q.device)
+        kv = torch.empty(heads, width, width + 1, dtype=torch.float32, device=q.device)  # [h, d, d+1]
+        product = torch.empty(heads, length, width + 1, dtype=torch.float32, device=q.device)  # [h, L, d+1]
+        for s in range(seqs):
+            keys, values, queries = k[s].transpose(0, 1), v[s].transpose(0, 1), q[s].transpose(0, 1)  # [h, L, d]
+            torch.bmm(keys.transpose(1, 2), values, out=kv[..., :width])
+            torch.sum(keys, dim=1, out=kv[..., width])  # the denominator's column, as in the einsum path
+            torch.bmm(queries, kv, out=product)
+            denominator = product[..., width:].add_(self.eps)
+            torch.div(product[..., :width], denominator, out=out[s].transpose(0, 1))
+        return out

@@ -19,6 +19,7 @@ from letstalk_core.checkpoints.official import (
     transformer_state_to_official,
 )
 from letstalk_core.model import AudioProjection, LetsTalkTransformer, spatial_table, temporal_table, transformer_config
+from letstalk_core.model.attention import LinearAttention
 from letstalk_core.model.transformer import GatedConvFeedForward
 
 SHARED = Path(os.environ.get("LETSTALK_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
@@ -105,6 +106,22 @@ def test_linear_attention_accumulates_in_float32():
     # same float32 accumulation -> agreement to bfloat16 rounding of the output, not of 40-term sums
     assert (out.float() - expected.float()).abs().max().item() < 2e-2
     assert out.dtype == torch.bfloat16
+
+
+def test_linear_attention_inference_path_equals_the_training_path():
+    """Without autograd the CPU path runs one bmm per sequence on strided views; with it, einsum."""
+    torch.manual_seed(0)
+    attention = LinearAttention(64, head_dim=32)
+    qkv = torch.randn(3, 40, 192)
+    with torch.no_grad():
+        fast = attention.attend_projected(qkv.clone())
+    trained = attention.attend_projected(qkv.clone().requires_grad_())
+    assert trained.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, trained.detach(), rtol=1e-5, atol=1e-6)
+    with torch.profiler.profile() as profile, torch.no_grad():
+        attention.attend_projected(qkv.clone())
+    names = [event.name for event in profile.events()]
+    assert "aten::bmm" in names and "aten::einsum" not in names
 
 
 # ---- position tables, any grid and any clip/memory length ---------------------------------------
