@@ -19,7 +19,7 @@ for f in "$WORKFLOW" "$MODEL" "$PORTRAIT" "$SPEECH"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "[demo] cannot run the demo yet: missing ${missing[*]}" >&2
-    echo "[demo] (the demo model is trained by 'python -m letstalk_core train --preset demo' and bundled once it exists)" >&2
+    echo "[demo] (they are part of the repository: restore them with git; a new demo model is trained by 'python -m letstalk_core train --preset demo')" >&2
     exit 1
 fi
 
