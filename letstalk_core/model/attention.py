@@ -196,14 +196,14 @@ class LinearAttention(_FrameAttention):
         k = F.relu(k, inplace=not k.requires_grad).float()
         v = v.float()
         if q.device.type == "cpu" and not (q.requires_grad or k.requires_grad or v.requires_grad):
-            out = self._attend_per_sequence(q, k, v)
-            return apply_linear(self.to_out, out.to(qkv.dtype).view(seqs, length, dim))
-        kv = torch.einsum("slhd,slhe->shde", k, v)  # [S, h, d, d]
-        # k summed over tokens as one more column of kv: one product gives numerator and denominator
-        kv = torch.cat([kv, k.sum(dim=1).unsqueeze(-1)], dim=-1)  # [S, h, d, d+1]
-        product = torch.einsum("slhd,shde->slhe", q, kv)  # [S, L, h, d+1]
-        numerator, denominator = product[..., :-1], product[..., -1:]  # [S, L, h, d], [S, L, h, 1]
-        out = numerator / (denominator + self.eps)
+            out = self._attend_per_sequence(q, k, v)  # [S, L, h, d], contiguous
+        else:
+            kv = torch.einsum("slhd,slhe->shde", k, v)  # [S, h, d, d]
+            # k summed over tokens as one more column of kv: one product gives numerator and denominator
+            kv = torch.cat([kv, k.sum(dim=1).unsqueeze(-1)], dim=-1)  # [S, h, d, d+1]
+            product = torch.einsum("slhd,shde->slhe", q, kv)  # [S, L, h, d+1]
+            numerator, denominator = product[..., :-1], product[..., -1:]  # [S, L, h, d], [S, L, h, 1]
+            out = numerator / (denominator + self.eps)
         return apply_linear(self.to_out, out.to(qkv.dtype).reshape(seqs, length, dim))
 
     def _attend_per_sequence(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
