@@ -62,6 +62,11 @@ class LetsTalkSampler(io.ComfyNode):
                 io.Float.Input("portrait_cfg", default=1.0, min=0.0, max=20.0, step=0.1,
                                tooltip="Portrait guidance scale; 1 = no guidance. Needs a checkpoint trained "
                                        "with condition dropout."),
+                io.Int.Input("overlap_frames", default=0, min=0, max=64, optional=True,
+                             tooltip="Frames each clip repeats from the end of the one before and holds to it, so "
+                                     "motion continues across clip boundaries (beyond the paper; 0 = the authors' "
+                                     "loop). Must be below the model's frames per clip; V of F frames cost about "
+                                     "F/(F-V) times the sampling time."),
             ],
             outputs=[io.Latent.Output(display_name="video_latent")],
         )
@@ -76,14 +81,14 @@ class LetsTalkSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, letstalk_model, portrait, letstalk_audio, seed, sampler, steps, audio_cfg,
-                portrait_cfg) -> io.NodeOutput:
+                portrait_cfg, overlap_frames=0) -> io.NodeOutput:
         device = letstalk_model.load_to_device()
         ckpt = letstalk_model.checkpoint
         features = letstalk_audio.features(ckpt.frames_per_clip)
         bar = comfy.utils.ProgressBar(1)
         clips = iter_clip_latents(
             ckpt, portrait.portrait_latent.to(device), features, sampler=sampler, steps=steps, seed=seed,
-            audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+            audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames,
             progress=lambda done, total: bar.update_absolute(done, total),
             should_stop=_stop_if_interrupted,
         )
@@ -94,8 +99,8 @@ class LetsTalkSampler(io.ComfyNode):
             if preview is not None:
                 bar.update_absolute(bar.current, bar.total, preview)
         latents = torch.cat(finished, dim=1)  # [1, F, C, h, w]
-        log.info("LetsTalk: sampled %d frames (%d clips of %d)", latents.shape[1],
-                 -(-latents.shape[1] // ckpt.frames_per_clip), ckpt.frames_per_clip)
+        log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", latents.shape[1], len(finished),
+                 ckpt.frames_per_clip, overlap_frames)
         return io.NodeOutput({
             "samples": latents.permute(0, 2, 1, 3, 4).contiguous(),  # [1, C, F, h, w], ComfyUI's video layout
             "letstalk": {"fps": letstalk_audio.fps, "num_frames": features.num_frames,

@@ -53,6 +53,8 @@ def add_parser(subparsers) -> None:
                         help="audio guidance scale of every video made (default 1: none)")
     parser.add_argument("--portrait-cfg", type=float, default=1.0,
                         help="portrait guidance scale of every video made (default 1: none)")
+    parser.add_argument("--overlap-frames", type=int, default=0,
+                        help="frames each clip repeats from the one before (default 0: the authors' loop)")
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
     parser.add_argument("--audio-encoder", default=None, help="audio encoder (default: the checkpoint's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
@@ -110,7 +112,7 @@ def run(args) -> int:
             sampler=args.sampler, steps=args.steps, seed=args.seed, drift_seconds=args.drift_seconds,
             drift_window=args.drift_window, with_sampler_table=args.sampler_table, vae=args.vae,
             audio_encoder=args.audio_encoder, audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg,
-            progress=None if bar is None else progress, log=log,
+            overlap_frames=args.overlap_frames, progress=None if bar is None else progress, log=log,
         )
     except EspeakNotFoundError as error:
         print(f"error: held-out speech needs espeak-ng: {error} Or pass your own speech with --audio.", file=sys.stderr)

@@ -144,18 +144,25 @@ def frame_changes(frames, previous=None) -> torch.Tensor:
     return (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3))
 
 
-def seam_ratio(changes, frames_per_clip: int) -> dict[str, float]:
+def seam_ratio(changes, frames_per_clip: int, clip_starts: Optional[Sequence[int]] = None) -> dict[str, float]:
     """Mean change across clip boundaries against the mean change inside clips.
 
     ``changes[k]`` is the change from frame k to frame k+1 (see :func:`frame_changes`); it crosses a
-    boundary when ``k + 1`` is a multiple of ``frames_per_clip``. Returns ``boundary``, ``inside``
-    and ``ratio`` (1 = seams are as smooth as the motion inside clips; NaN without a boundary).
+    boundary when ``k + 1`` is a multiple of ``frames_per_clip``, or, with ``clip_starts`` (the first
+    new frame of each clip, as when clips overlap), when ``k + 1`` is one of them. Returns ``boundary``,
+    ``inside`` and ``ratio`` (1 = seams are as smooth as the motion inside clips; NaN without a boundary).
     """
     changes = np.asarray(changes.detach().cpu() if isinstance(changes, torch.Tensor) else changes, dtype=np.float64)
     if isinstance(frames_per_clip, bool) or not isinstance(frames_per_clip, (int, np.integer)) or frames_per_clip < 2:
         raise ValueError(f"frames_per_clip must be an int >= 2, got {frames_per_clip!r}")
     index = np.arange(changes.shape[0])
-    at_boundary = (index + 1) % frames_per_clip == 0
+    if clip_starts is None:
+        at_boundary = (index + 1) % frames_per_clip == 0
+    else:
+        starts = [int(start) for start in clip_starts]
+        if any(start < 0 for start in starts):
+            raise ValueError(f"clip_starts must be frame indices >= 0, got {starts}")
+        at_boundary = np.isin(index + 1, [start for start in starts if start > 0])
     if not at_boundary.any() or at_boundary.all():
         return {"boundary": float("nan"), "inside": float("nan"), "ratio": float("nan"), "boundaries": 0}
     boundary = float(changes[at_boundary].mean())

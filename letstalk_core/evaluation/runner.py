@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..sampling import check_overlap_frames, clip_plan
 from .metrics import MouthMeter, as_frames, drift_ratio, frame_changes, identity_errors, pearson, seam_ratio
 
 __all__ = ["TARGETS", "SAMPLER_TABLE", "EvalSample", "identity_seeds", "heldout_speech", "heldout_samples",
@@ -157,14 +158,14 @@ def _portrait(identity_seed: int, size: int) -> np.ndarray:
 
 def _generate(pipe, portrait: np.ndarray, speech: np.ndarray, *, sampler: str, steps: int, seed: int,
               counter: _StepCounter, on_chunk: Optional[Callable[[torch.Tensor], None]] = None,
-              keep: bool = True, audio_cfg: float = 1.0, portrait_cfg: float = 1.0
+              keep: bool = True, audio_cfg: float = 1.0, portrait_cfg: float = 1.0, overlap_frames: int = 0
               ) -> tuple[Optional[torch.Tensor], float]:
     """Generate the video for ``speech``; returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
     started = time.perf_counter()
     conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=FPS, crop=False, sample_rate=SAMPLE_RATE)
     kept = []
     for chunk in pipe.iter_frames(conditions, sampler=sampler, steps=steps, seed=seed, progress=counter.video(),
-                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg):
+                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames):
         chunk = chunk.float().cpu()  # [n, H, W, 3]
         if on_chunk is not None:
             on_chunk(chunk)
@@ -199,21 +200,28 @@ def _nanmean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _clips(num_frames: int, frames_per_clip: int) -> int:
-    return -(-num_frames // frames_per_clip)
+def _clips(num_frames: int, frames_per_clip: int, overlap_frames: int = 0) -> int:
+    return len(clip_plan(num_frames, frames_per_clip, overlap_frames))
+
+
+def _clip_starts(num_frames: int, frames_per_clip: int, overlap_frames: int) -> list[int]:
+    """The first new frame of every clip after the first (where the seams are)."""
+    return [window.new_start for window in clip_plan(num_frames, frames_per_clip, overlap_frames)[1:]]
 
 
 def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], *, sampler: str, steps: int, seed: int,
               counter: _StepCounter, **guidance) -> dict[str, Any]:
     """Generate every sample once; sync, identity and seam numbers of that run."""
     frames_per_clip = int(pipe.checkpoint.frames_per_clip)
-    per_sample, videos, seconds, clips = [], [], 0.0, 0
+    overlap = guidance.get("overlap_frames", 0)
+    per_sample, videos, seconds, clips, frames_made = [], [], 0.0, 0, 0
     for index, sample in enumerate(samples):
         portrait = _portrait(sample.identity_seed, pipe.resolution)
         frames, took = _generate(pipe, portrait, sample.speech, sampler=sampler, steps=steps, seed=seed + index,
                                  counter=counter, **guidance)
         seconds += took
-        clips += _clips(frames.shape[0], frames_per_clip)
+        clips += _clips(frames.shape[0], frames_per_clip, overlap)
+        frames_made += frames.shape[0]
         measured = meters[index].measure(frames)
         errors = identity_errors(frames, portrait)
         changes = frame_changes(frames)
@@ -223,14 +231,16 @@ def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], *, samp
             "colour_error": float(errors["colour"].mean()), "structure_error": float(errors["structure"].mean()),
             "identity_error": float(errors["identity"].mean()),
         })
-        videos.append({"measured": measured, "changes": changes})
-    seams = [seam_ratio(v["changes"], frames_per_clip) for v in videos]
+        videos.append({"measured": measured, "changes": changes,
+                       "clip_starts": _clip_starts(frames.shape[0], frames_per_clip, overlap)})
+    seams = [seam_ratio(v["changes"], frames_per_clip, v["clip_starts"]) for v in videos]
     return {"per_sample": per_sample, "videos": videos, "seconds": seconds, "clips": clips, "seams": seams,
             "sync": _nanmean(s["sync"] for s in per_sample),
             "colour_error": _nanmean(s["colour_error"] for s in per_sample),
             "structure_error": _nanmean(s["structure_error"] for s in per_sample),
             "identity_error": _nanmean(s["identity_error"] for s in per_sample),
-            "seconds_per_clip": seconds / max(clips, 1)}
+            "seconds_per_clip": seconds / max(clips, 1),
+            "seconds_per_video_second": seconds / max(frames_made / FPS, 1e-9)}
 
 
 def _pooled_seams(seams: list[dict]) -> dict[str, float]:
@@ -260,6 +270,7 @@ def evaluate_checkpoint(
     audio_encoder=None,
     audio_cfg: float = 1.0,
     portrait_cfg: float = 1.0,
+    overlap_frames: int = 0,
     device: str = "cpu",
     progress: Optional[Progress] = None,
     log: Optional[Callable[[str], None]] = None,
@@ -269,7 +280,9 @@ def evaluate_checkpoint(
     Returns a dict: ``settings``, ``metrics`` (the numbers), ``checks`` (each target with pass/fail),
     ``samples`` (per identity) and, with ``with_sampler_table``, ``sampler_table``. ``drift_seconds``
     0 skips the drift video. ``progress(done, total)`` counts model steps over the whole evaluation.
-    ``audio_cfg``/``portrait_cfg`` are the guidance scales of every video made (1: no guidance).
+    ``audio_cfg``/``portrait_cfg`` are the guidance scales of every video made (1: no guidance),
+    ``overlap_frames`` the clips' overlap (0: the authors' loop; seams are then counted where each clip's
+    new frames begin).
     """
     from ..pipeline import DEFAULT_STEPS, LetsTalkPipeline
     from ..sampling import SAMPLERS
@@ -297,6 +310,8 @@ def evaluate_checkpoint(
         checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
     size = pipe.resolution
     frames_per_clip = int(pipe.checkpoint.frames_per_clip)
+    check_overlap_frames(overlap_frames, frames_per_clip)
+    options = {**guidance, "overlap_frames": int(overlap_frames)}
 
     # the floor: sample i's ground truth against the video made for another sample's speech; when no
     # other sample has different speech, a video of identity i with fresh held-out speech is made
@@ -307,10 +322,10 @@ def evaluate_checkpoint(
     extra_floor = [i for i, partner in enumerate(floor_partner) if partner is None]
 
     runs = [(sampler, steps)] + ([tuple(s) for s in sampler_settings] if with_sampler_table else [])
-    total = sum(_clips(s.num_frames, frames_per_clip) for s in samples) * sum(r[1] for r in runs)
-    total += sum(_clips(samples[i].num_frames, frames_per_clip) for i in extra_floor) * steps
+    total = sum(_clips(s.num_frames, frames_per_clip, overlap_frames) for s in samples) * sum(r[1] for r in runs)
+    total += sum(_clips(samples[i].num_frames, frames_per_clip, overlap_frames) for i in extra_floor) * steps
     drift_frames = int(math.ceil(drift_seconds * FPS - 1e-9)) if drift_seconds else 0
-    total += _clips(drift_frames, frames_per_clip) * steps
+    total += (_clips(drift_frames, frames_per_clip, overlap_frames) if drift_frames else 0) * steps
     counter = _StepCounter(progress, total)
     if progress is not None:
         progress(0, total)
@@ -327,10 +342,11 @@ def evaluate_checkpoint(
         ceiling.append(pearson(raw_meters[index].measure(rendered), sample.truth))
         ceiling_vae.append(pearson(meters[index].measure(through_vae(rendered)), sample.truth))
         renderer_errors.append(identity_errors(rendered, _portrait(sample.identity_seed, size)))
-        renderer_seams.append(seam_ratio(frame_changes(rendered), frames_per_clip))
+        renderer_seams.append(seam_ratio(frame_changes(rendered), frames_per_clip,
+                                         _clip_starts(sample.num_frames, frames_per_clip, overlap_frames)))
 
     log(f"lip sync: generating {len(samples)} videos with {sampler} {steps}")
-    main = _sync_run(pipe, samples, meters, sampler=sampler, steps=steps, seed=seed, counter=counter, **guidance)
+    main = _sync_run(pipe, samples, meters, sampler=sampler, steps=steps, seed=seed, counter=counter, **options)
 
     floors = []
     for i, sample in enumerate(samples):
@@ -338,7 +354,7 @@ def evaluate_checkpoint(
         if partner is None:
             other = heldout_speech(sample.num_frames / FPS, seed=10_000 + i)
             frames, _ = _generate(pipe, _portrait(sample.identity_seed, size), other, sampler=sampler, steps=steps,
-                                  seed=seed + 10_000 + i, counter=counter, **guidance)
+                                  seed=seed + 10_000 + i, counter=counter, **options)
             measured = meters[i].measure(frames)
         else:
             measured = main["videos"][partner]["measured"]
@@ -362,7 +378,7 @@ def evaluate_checkpoint(
         "renderer_identity_error": _nanmean(float(e["identity"].mean()) for e in renderer_errors),
         "seam_ratio": seams["ratio"], "seam_boundary_change": seams["boundary"], "seam_inside_change": seams["inside"],
         "seam_boundaries": seams["boundaries"], "renderer_seam_ratio": reference_seams["ratio"],
-        "seconds_per_clip": main["seconds_per_clip"],
+        "seconds_per_clip": main["seconds_per_clip"], "seconds_per_video_second": main["seconds_per_video_second"],
     }
 
     if drift_seconds:
@@ -380,10 +396,12 @@ def evaluate_checkpoint(
             last[0] = chunk[-1]
 
         _generate(pipe, portrait, speech, sampler=sampler, steps=steps, seed=seed + 20_000, counter=counter,
-                  on_chunk=on_chunk, keep=False, **guidance)
+                  on_chunk=on_chunk, keep=False, **options)
         drift = drift_ratio(torch.cat(per_frame), FPS, drift_window)
         metrics.update(drift_ratio=drift["ratio"], drift_first_error=drift["first"], drift_last_error=drift["last"])
-        long_seams = seam_ratio(torch.cat(drift_changes), frames_per_clip)
+        drift_made = int(torch.cat(per_frame).shape[0])
+        long_seams = seam_ratio(torch.cat(drift_changes), frames_per_clip,
+                                _clip_starts(drift_made, frames_per_clip, overlap_frames))
         metrics["seam_ratio_long"] = long_seams["ratio"]
     else:
         metrics.update(drift_ratio=float("nan"), drift_first_error=float("nan"), drift_last_error=float("nan"),
@@ -394,7 +412,8 @@ def evaluate_checkpoint(
         "settings": {"identities": [s.identity_seed for s in samples], "speech": [s.source for s in samples],
                      "seconds": seconds, "fps": FPS, "resolution": size, "frames_per_clip": frames_per_clip,
                      "sampler": sampler, "steps": steps, "seed": seed, "drift_seconds": drift_seconds,
-                     "drift_window": drift_window, "audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg},
+                     "drift_window": drift_window, "audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg,
+                     "overlap_frames": int(overlap_frames)},
         "metrics": metrics,
         "checks": checks(metrics),
         "samples": main["per_sample"],
@@ -404,10 +423,11 @@ def evaluate_checkpoint(
         for name, steps_of in sampler_settings:
             log(f"sampler table: {name} {steps_of}")
             run = _sync_run(pipe, samples, meters, sampler=name, steps=int(steps_of), seed=seed, counter=counter,
-                            **guidance)
+                            **options)
             rows.append({"sampler": name, "steps": int(steps_of), "sync": run["sync"],
                          "colour_error": run["colour_error"], "structure_error": run["structure_error"],
-                         "identity_error": run["identity_error"], "seconds_per_clip": run["seconds_per_clip"]})
+                         "identity_error": run["identity_error"], "seconds_per_clip": run["seconds_per_clip"],
+                         "seconds_per_video_second": run["seconds_per_video_second"]})
         result["sampler_table"] = rows
     return result
 
@@ -448,7 +468,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"{len(s['identities'])} held-out identities x {s['seconds']:g} s at {s['resolution']} px, "
         f"{s['sampler']} {s['steps']} steps, clips of {s['frames_per_clip']} frames"
         + (f", guidance audio {s['audio_cfg']:g} portrait {s['portrait_cfg']:g}"
-           if (s.get("audio_cfg", 1), s.get("portrait_cfg", 1)) != (1, 1) else ""),
+           if (s.get("audio_cfg", 1), s.get("portrait_cfg", 1)) != (1, 1) else "")
+        + (f", {s['overlap_frames']} frames of overlap" if s.get("overlap_frames") else ""),
         "",
         f"{'metric':<30}{'model':>10}{'reference':>12}{'target':>10}{'':>7}",
         f"{'lip sync (Pearson r)':<30}{_fmt(m['sync']):>10}{'':>12}{c['sync']['target']:>10}{verdict('sync'):>7}",
@@ -466,6 +487,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"{'drift ratio (last/first)':<30}{_fmt(m['drift_ratio']):>10}{'':>12}{c['drift_ratio']['target']:>10}"
         f"{verdict('drift_ratio'):>7}",
         f"{'time per clip (s)':<30}{_fmt(m['seconds_per_clip'], 2):>10}",
+        f"{'time per second of video (s)':<30}{_fmt(m.get('seconds_per_video_second'), 2):>10}",
         "",
         "reference: the renderer's own frames for the same speech (the best a model can do).",
     ]
@@ -473,8 +495,10 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"drift: identity error of the last {s['drift_window']:g} s of a {s['drift_seconds']:g} s video "
                      f"({_fmt(m['drift_last_error'], 4)}) over the first ({_fmt(m['drift_first_error'], 4)}).")
     if "sampler_table" in result:
-        lines += ["", f"{'sampler':<12}{'steps':>6}{'lip sync':>10}{'identity err':>14}{'s / clip':>10}"]
+        lines += ["", f"{'sampler':<12}{'steps':>6}{'lip sync':>10}{'identity err':>14}{'s / clip':>10}"
+                      f"{'s / video s':>13}"]
         for row in result["sampler_table"]:
             lines.append(f"{row['sampler']:<12}{row['steps']:>6}{_fmt(row['sync']):>10}"
-                         f"{_fmt(row['identity_error'], 4):>14}{_fmt(row['seconds_per_clip'], 2):>10}")
+                         f"{_fmt(row['identity_error'], 4):>14}{_fmt(row['seconds_per_clip'], 2):>10}"
+                         f"{_fmt(row.get('seconds_per_video_second'), 2):>13}")
     return "\n".join(lines)

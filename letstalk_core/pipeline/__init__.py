@@ -234,6 +234,7 @@ def iter_clip_latents(
     seed: int = 0,
     audio_cfg: float = 1.0,
     portrait_cfg: float = 1.0,
+    overlap_frames: int = 0,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[ClipLatents]:
@@ -257,7 +258,7 @@ def iter_clip_latents(
         model, portrait_latent.to(device), audio_windows=windows, audio_projection=ckpt.audio_proj,
         num_frames=audio.num_frames, frames_per_clip=ckpt.frames_per_clip, memory_frames=ckpt.memory_frames,
         sampler=sampler, steps=steps, audio_scale=audio_cfg, portrait_scale=portrait_cfg,
-        guidance_supported=ckpt.supports_guidance, generator=generator, progress=progress,
+        guidance_supported=ckpt.supports_guidance, overlap_frames=overlap_frames, generator=generator, progress=progress,
         should_stop=should_stop,
     )
 
@@ -339,26 +340,26 @@ class LetsTalkPipeline:
 
     def iter_frames(self, conditions: Conditions, *, paste_back: bool = False, sampler: str = "ddpm",
                     steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
-                    progress=None, should_stop=None) -> Iterator[torch.Tensor]:
+                    overlap_frames: int = 0, progress=None, should_stop=None) -> Iterator[torch.Tensor]:
         """Frames ``[n, H, W, 3]`` 0..1, decoded as each clip finishes; ``num_frames`` in all."""
         clips = iter_clip_latents(self.checkpoint, conditions.portrait_latent, conditions.audio, sampler=sampler,
                                   steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
-                                  progress=progress, should_stop=should_stop)
+                                  overlap_frames=overlap_frames, progress=progress, should_stop=should_stop)
         paste_into = conditions.original_image if paste_back else None
         return iter_frames(self.vae, clips, paste_into=paste_into, crop_box=conditions.portrait.crop_box)
 
     def __call__(self, image, audio, *, out: str | Path | None = None, fps=25, crop: bool = True,
                  paste_back: bool = False, margin: float = 0.5, on_no_face: str = "center", sampler: str = "ddpm",
                  steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
-                 progress=None, should_stop=None, sample_rate: int | None = None):
+                 overlap_frames: int = 0, progress=None, should_stop=None, sample_rate: int | None = None):
         """With ``out``: stream into that mp4 (speech muxed) and return its path; without: all frames
         ``[F, H, W, 3]`` float 0..1."""
         writer = Mp4Writer(out, fps=fps) if out is not None else None  # refuses a bad path before any work
         conditions = self.prepare(image, audio, fps=fps, crop=crop, margin=margin, on_no_face=on_no_face,
                                   sample_rate=sample_rate)
         frames = self.iter_frames(conditions, paste_back=paste_back, sampler=sampler, steps=steps, seed=seed,
-                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, progress=progress,
-                                  should_stop=should_stop)
+                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames,
+                                  progress=progress, should_stop=should_stop)
         if out is None:
             return torch.cat(list(frames), dim=0)
         return write_video(writer, frames, conditions.fps, conditions.speech)

@@ -27,6 +27,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--audio-cfg", type=float, default=1.0, help="audio guidance scale (1 = none)")
     parser.add_argument("--portrait-cfg", type=float, default=1.0, help="portrait guidance scale (1 = none)")
+    parser.add_argument("--overlap-frames", type=int, default=0,
+                        help="frames each clip repeats from the one before, held to it, for smoother clip "
+                             "boundaries (0 = the authors' loop; V frames of overlap in clips of F take about "
+                             "F/(F-V) times as long)")
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                         help="crop the face (face detection when installed, else the centre square)")
     parser.add_argument("--paste-back", action="store_true",
@@ -60,7 +64,7 @@ def run(args) -> int:
     try:
         out = pipe(args.image, args.audio, out=args.out, fps=args.fps, crop=args.crop, paste_back=args.paste_back,
                    sampler=args.sampler, steps=args.steps, seed=args.seed, audio_cfg=args.audio_cfg,
-                   portrait_cfg=args.portrait_cfg, progress=progress)
+                   portrait_cfg=args.portrait_cfg, overlap_frames=args.overlap_frames, progress=progress)
     finally:
         bar.close()
     print(f"{out} ({time.monotonic() - started:.1f} s)")

@@ -2,7 +2,17 @@
 long-video loop with the memory bank."""
 
 from .guidance import GuidanceScales, guided_model_output
-from .long_video import ClipLatents, SamplingCancelled, clip_generator, draw_base_seed, iter_video_clips, sample_video
+from .long_video import (
+    ClipLatents,
+    ClipWindow,
+    SamplingCancelled,
+    check_overlap_frames,
+    clip_generator,
+    clip_plan,
+    draw_base_seed,
+    iter_video_clips,
+    sample_video,
+)
 from .schedules import (
     NUM_TRAIN_TIMESTEPS,
     SAMPLERS,
@@ -23,11 +33,14 @@ __all__ = [
     "SAMPLERS",
     "TIMESTEP_SPACINGS",
     "ClipLatents",
+    "ClipWindow",
     "GuidanceScales",
     "LearnedRangeDDPMScheduler",
     "RespacedSampler",
     "SamplingCancelled",
+    "check_overlap_frames",
     "clip_generator",
+    "clip_plan",
     "draw_base_seed",
     "even_timesteps",
     "guided_model_output",

@@ -6,6 +6,14 @@ multiple of ``frames_per_clip``); the video is trimmed to ``num_frames``. :func:
 yields each clip's latents as soon as they are done, so a decoder can stream clip by clip in constant
 memory; :func:`sample_video` collects them all.
 
+Overlap (``overlap_frames`` = V > 0, beyond the authors' loop, which is V = 0): every clip after the
+first covers the last V frames of the clip before it again, and those frames are held to what that clip
+made (at each step they are replaced by the made latents diffused to the step's noise level, as in
+RePaint's inpainting), so the model continues the motion inside one clip instead of across a clip
+boundary. The memory is then the K latents just before the clip's first (overlapped) frame. Each clip
+adds ``frames_per_clip - V`` new frames, so a video takes about ``F / (F - V)`` times the steps; the last
+clip is placed to end at the padded length, so it may overlap more. :func:`clip_plan` gives the layout.
+
 Noise: one base seed is drawn from the caller's ``torch.Generator``; clip ``i`` gets its own CPU
 generator derived from (base seed, i), so a clip's noise never depends on how many clips run after
 it, and the same seed gives the same latents on any device.
@@ -35,6 +43,48 @@ class ClipLatents:
     index: int
     start_frame: int
     latents: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """Where one clip of the plan lies: it is sampled over frames ``window_start .. window_start+F-1``
+    and contributes the new frames ``new_start .. new_end-1`` (the ones before ``new_start`` are
+    held to the previous clip's)."""
+
+    index: int
+    window_start: int
+    new_start: int
+    new_end: int
+
+    @property
+    def overlap(self) -> int:
+        return self.new_start - self.window_start
+
+
+def clip_plan(num_frames: int, frames_per_clip: int, overlap_frames: int = 0) -> list[ClipWindow]:
+    """The clips that make ``num_frames`` frames in clips of ``frames_per_clip`` with ``overlap_frames``
+    frames of overlap. Windows stay inside the length padded to whole clips (the audio's length), so the
+    last window may overlap the one before by more than ``overlap_frames``. With no overlap, clip ``i``
+    is frames ``i*F .. i*F+F-1``, the authors' layout."""
+    _check_int("num_frames", num_frames, minimum=1)
+    _check_int("frames_per_clip", frames_per_clip, minimum=1)
+    check_overlap_frames(overlap_frames, frames_per_clip)
+    padded = -(-num_frames // frames_per_clip) * frames_per_clip
+    plan = [ClipWindow(0, 0, 0, min(frames_per_clip, num_frames))]
+    new_start = frames_per_clip
+    while new_start < num_frames:
+        window = min(new_start - overlap_frames, padded - frames_per_clip)
+        plan.append(ClipWindow(len(plan), window, new_start, min(window + frames_per_clip, num_frames)))
+        new_start = window + frames_per_clip
+    return plan
+
+
+def check_overlap_frames(overlap_frames, frames_per_clip: int) -> None:
+    """Raises ValueError unless ``overlap_frames`` is an int from 0 to ``frames_per_clip - 1``."""
+    if isinstance(overlap_frames, bool) or not isinstance(overlap_frames, (int, np.integer)) \
+            or not 0 <= overlap_frames < frames_per_clip:
+        raise ValueError(f"overlap_frames must be an integer from 0 to frames_per_clip - 1 = {frames_per_clip - 1} "
+                         f"(0: clips follow each other, the authors' loop), got {overlap_frames!r}")
 
 
 def clip_generator(base_seed: int, clip_index: int) -> torch.Generator:
@@ -70,6 +120,7 @@ def iter_video_clips(
     audio_scale: float = 1.0,
     portrait_scale: float = 1.0,
     guidance_supported: bool = False,
+    overlap_frames: int = 0,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -84,7 +135,9 @@ def iter_video_clips(
     a multiple of ``frames_per_clip``. ``frames_per_clip`` and ``memory_frames`` default to
     ``model.config``'s. ``sampler`` one of ``ddpm``, ``ddim``, ``dpmpp_2m``, ``euler`` with ``steps``
     model evaluations per clip. ``audio_scale``/``portrait_scale`` other than 1 need
-    ``guidance_supported``. ``progress(done, total)`` after every step (total = clips x steps);
+    ``guidance_supported``. ``overlap_frames`` (0 .. frames_per_clip - 1) frames of every clip after the
+    first repeat the end of the clip before and are held to it (see the module's note); 0 is the authors'
+    loop. ``progress(done, total)`` after every step (total = clips x steps);
     ``should_stop()`` before every step, raising :class:`SamplingCancelled` when it returns True.
 
     All inputs are checked here, before anything runs; sampling happens as the iterator is consumed.
@@ -98,6 +151,7 @@ def iter_video_clips(
             f"memory_frames ({memory_frames}) cannot exceed frames_per_clip ({frames_per_clip}): the memory of a "
             "clip is the last memory_frames latents of the previous clip"
         )
+    check_overlap_frames(overlap_frames, frames_per_clip)
     schedule = make_sampler(sampler, steps, timestep_spacing)
     scales = GuidanceScales(audio_scale=audio_scale, portrait_scale=portrait_scale)
     scales.check_supported(guidance_supported)
@@ -127,8 +181,7 @@ def iter_video_clips(
     if num_frames is None:
         num_frames = audio_frames
     _check_int("num_frames", num_frames, minimum=1)
-    num_clips = -(-num_frames // frames_per_clip)
-    padded = num_clips * frames_per_clip
+    padded = -(-num_frames // frames_per_clip) * frames_per_clip
     if audio_frames < padded:
         raise ValueError(
             f"the audio covers {audio_frames} frames, but {num_frames} frames in clips of {frames_per_clip} need "
@@ -149,34 +202,48 @@ def iter_video_clips(
     base_seed = draw_base_seed(generator)
     return _run_clips(
         model, portrait_latent, audio, audio_projection if audio_windows is not None else None, null_audio_tokens,
-        num_frames, num_clips, frames_per_clip, memory_frames, schedule, scales, base_seed, progress, should_stop,
+        clip_plan(num_frames, frames_per_clip, overlap_frames), frames_per_clip, memory_frames, schedule, scales,
+        base_seed, progress, should_stop,
     )
 
 
-def _run_clips(model, portrait_latent, audio, audio_projection, null_audio_tokens, num_frames, num_clips,
-               frames_per_clip, memory_frames, schedule, scales, base_seed, progress, should_stop):
+def _run_clips(model, portrait_latent, audio, audio_projection, null_audio_tokens, windows, frames_per_clip,
+               memory_frames, schedule, scales, base_seed, progress, should_stop):
     device = portrait_latent.device
     portrait = portrait_latent.float()  # [B, C, H, W]
     batch, channels, height, width = portrait.shape
     if null_audio_tokens is not None:
         null_audio_tokens = null_audio_tokens.to(device)
-    memory = portrait[:, None].repeat(1, memory_frames, 1, 1, 1) if memory_frames else None  # [B, K, C, H, W]
+    num_clips = len(windows)
     total = num_clips * schedule.steps
     done = 0
+    # the latents made so far that a later clip can still need (its overlap and its memory): frames
+    # made_start .. made_start + made.shape[1] - 1; the portrait stands in before frame 0
+    made = portrait[:, None][:, :0]  # [B, 0, C, H, W]
+    made_start = 0
     with torch.no_grad():
-        for clip in range(num_clips):
-            start = clip * frames_per_clip
+        for window in windows:
+            clip, start, overlap = window.index, window.window_start, window.overlap
+            memory = None
+            if memory_frames:
+                memory = torch.stack([portrait if i < 0 else made[:, i - made_start]
+                                      for i in range(start - memory_frames, start)], dim=1)  # [B, K, C, H, W]
+            known = made[:, start - made_start:window.new_start - made_start] if overlap else None  # [B, V, C, H, W]
             clip_audio = audio[:, start:start + frames_per_clip].to(device)
             tokens = audio_projection(clip_audio) if audio_projection is not None else clip_audio  # [B, F, M, D]
             clip_rng = clip_generator(base_seed, clip)
             plan = schedule.begin()
             noise = torch.randn(batch, frames_per_clip, channels, height, width, generator=clip_rng)  # [B, F, C, H, W]
             latents = noise.to(device) * schedule.init_noise_sigma
+            if overlap:
+                known_noise = torch.randn(batch, overlap, channels, height, width, generator=clip_rng).to(device)
             for step, (index, timestep) in enumerate(plan):
                 if should_stop is not None and should_stop():
                     raise SamplingCancelled(
                         f"sampling stopped before step {step + 1}/{schedule.steps} of clip {clip + 1}/{num_clips}"
                     )
+                if overlap:  # the overlapped frames at this step's noise level
+                    latents[:, :overlap] = schedule.noised(known, known_noise, index).to(latents.dtype)
                 model_input = schedule.scale_model_input(latents, index)
                 timesteps = torch.full((batch,), timestep, dtype=torch.long, device=device)  # [B]
                 output = guided_model_output(
@@ -186,10 +253,15 @@ def _run_clips(model, portrait_latent, audio, audio_projection, null_audio_token
                 done += 1
                 if progress is not None:
                     progress(done, total)
-            if memory_frames:
-                memory = latents[:, frames_per_clip - memory_frames:].clone()  # [B, K, C, H, W]
-            keep = min(frames_per_clip, num_frames - start)
-            yield ClipLatents(index=clip, start_frame=start, latents=latents[:, :keep].clone())
+            if overlap:
+                latents[:, :overlap] = known
+            # keep what the next clip needs: its overlap and the memory before it
+            need = memory_frames + windows[clip + 1].overlap if clip + 1 < num_clips else 0
+            made = torch.cat([made, latents[:, window.new_start - start:]], dim=1)  # frames up to start + F - 1
+            drop = max(made.shape[1] - need, 0)
+            made_start, made = made_start + drop, made[:, drop:]
+            yield ClipLatents(index=clip, start_frame=window.new_start,
+                              latents=latents[:, window.new_start - start:window.new_end - start].clone())
 
 
 def sample_video(model: Callable[..., torch.Tensor], portrait_latent: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -20,6 +20,7 @@ never affects samples since no noise is added at that step).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,6 +209,17 @@ class RespacedSampler:
     def init_noise_sigma(self) -> float:
         """Standard deviation of the starting noise in the scheduler's parametrisation."""
         return float(self.scheduler.init_noise_sigma)
+
+    def noised(self, clean: torch.Tensor, noise: torch.Tensor, index) -> torch.Tensor:
+        """``clean`` latents diffused to respaced ``index`` with ``noise`` (same shape), in the form this
+        sampler's latents take at that index: ``sqrt(acp) x0 + sqrt(1 - acp) noise`` for ddpm, ddim and
+        dpmpp_2m, ``x0 + sigma noise`` (``sigma = sqrt((1 - acp) / acp)``) for euler; ``acp`` is the training
+        schedule's cumulative alpha at the original timestep of ``index``."""
+        timestep = self.timesteps[int(index)]
+        alpha_bar = float(training_alphas_cumprod()[timestep])
+        if self.name == "euler":
+            return clean + math.sqrt((1.0 - alpha_bar) / alpha_bar) * noise
+        return math.sqrt(alpha_bar) * clean + math.sqrt(1.0 - alpha_bar) * noise
 
     def scale_model_input(self, latents: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``[B, F, C, H, W]`` latents as the model should see them at ``index`` (Euler works on

@@ -139,6 +139,17 @@ def test_failures_name_the_node_and_the_next_prompt_succeeds(tiny):
     assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
 
 
+def test_overlap_frames_beyond_the_clip_fail_by_name_and_older_prompts_without_it_run(tiny):
+    with pytest.raises(ComfyExecutionError) as info:
+        tiny.client.run(basic_workflow(**{"7__overlap_frames": 4}))  # the tiny model's clips have 4 frames
+    assert info.value.node_type == "LetsTalkSampler"
+    assert "overlap_frames must be an integer from 0 to frames_per_clip - 1 = 3" in info.value.exception_message
+    older = basic_workflow(**{"10__filename_prefix": "no_overlap/x"})
+    del older["7"]["inputs"]["overlap_frames"]  # a prompt saved before the input existed
+    outputs = tiny.client.run(older)
+    assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
+
+
 @pytest.mark.parametrize("name", ["letstalk_basic", "letstalk_long_audio"])
 def test_ui_workflows_match_their_api_twins(tiny, name):
     from scripts.workflow_ui import ui_to_api

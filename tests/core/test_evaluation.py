@@ -28,6 +28,7 @@ from letstalk_core.evaluation import (
     structure_error,
 )
 from letstalk_core.evaluation.runner import heldout_speech, identity_seeds
+from letstalk_core.sampling import clip_plan
 from letstalk_core.training.synthetic import (
     FacePose,
     animate_face,
@@ -124,6 +125,20 @@ def test_seam_ratio_detects_a_jump_at_clip_boundaries():
     smooth = seam_ratio(frame_changes(frames[:8]), clip)
     assert smooth["ratio"] == pytest.approx(1.0, rel=1e-4)
     assert math.isnan(seam_ratio(frame_changes(frames[:4]), clip)["ratio"])  # no boundary at all
+
+
+def test_seam_ratio_at_the_starts_of_overlapping_clips():
+    level = torch.cumsum(torch.full((14,), 0.01), 0)
+    level[6:] += 0.1  # a jump into frame 6, where the second clip's new frames begin (clips of 8, overlap 2)
+    frames = level.view(14, 1, 1, 1).expand(14, 4, 4, 3).clone()
+    at_starts = seam_ratio(frame_changes(frames), 8, clip_starts=[0, 6, 12])
+    assert at_starts["boundaries"] == 2  # into frames 6 and 12 (a start at 0 has no frame before it)
+    assert at_starts["boundary"] == pytest.approx(0.12 / 2, abs=1e-6)
+    assert at_starts["inside"] == pytest.approx(0.01, abs=1e-6)
+    # counted at multiples of 8 instead, the jump would count as motion inside a clip
+    assert seam_ratio(frame_changes(frames), 8)["ratio"] < 1
+    with pytest.raises(ValueError, match="clip_starts"):
+        seam_ratio(frame_changes(frames), 8, clip_starts=[-1])
 
 
 def test_frame_changes_with_the_previous_chunk_equal_the_whole_video():
@@ -242,6 +257,24 @@ def test_evaluate_with_guidance_guides_every_video_and_says_so(tmp_path):
     # a checkpoint trained without condition dropout refuses guidance, naming the scales
     with pytest.raises(ValueError, match="guidance"):
         evaluate_checkpoint(make_tiny_bundle(tmp_path / "plain.safetensors"), portrait_cfg=2.0, **common)
+
+
+def test_evaluate_with_overlapping_clips_counts_seams_where_new_frames_begin(bundle):
+    common = dict(identities=[1000003], seconds=3 * TWO_CLIPS / 2, sampler="ddim", steps=1, drift_seconds=0)
+    steps_seen = []
+    result = evaluate_checkpoint(bundle, overlap_frames=1, progress=lambda done, total: steps_seen.append(total),
+                                 **common)
+    frames = result["samples"][0]["frames"]
+    plan = clip_plan(frames, TINY_FRAMES_PER_CLIP, 1)
+    assert frames == 3 * TINY_FRAMES_PER_CLIP and len(plan) == 4  # 3 clips' frames take 4 overlapping clips
+    assert result["settings"]["overlap_frames"] == 1
+    assert result["metrics"]["seam_boundaries"] == len(plan) - 1
+    assert steps_seen[-1] == 2 * len(plan)  # the video and the floor's extra video, 1 step per clip
+    assert "1 frames of overlap" in format_report(result)
+    plain = evaluate_checkpoint(bundle, **common)
+    assert plain["metrics"]["seam_boundaries"] == 2 and "overlap" not in format_report(plain)
+    with pytest.raises(ValueError, match="overlap_frames must be an integer from 0 to frames_per_clip - 1"):
+        evaluate_checkpoint(bundle, overlap_frames=TINY_FRAMES_PER_CLIP, **common)
 
 
 def test_evaluate_command_refuses_a_training_identity(bundle, capsys):

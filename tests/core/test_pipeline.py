@@ -120,6 +120,8 @@ def test_guidance_needs_a_checkpoint_trained_with_dropout(assets):
     ({"audio_cfg": -1.0}, "audio_cfg must be a finite number >= 0"),
     ({"portrait_cfg": float("nan")}, "portrait_cfg must be a finite number >= 0"),
     ({"portrait_cfg": "lots"}, "portrait_cfg must be a number"),
+    ({"overlap_frames": -1}, "overlap_frames must be an integer from 0 to frames_per_clip - 1"),
+    ({"overlap_frames": 1000}, "overlap_frames must be an integer from 0 to frames_per_clip - 1"),
 ])
 def test_bad_options_are_refused_by_name(pipe, assets, options, message):
     with pytest.raises(ValueError, match=message):
@@ -156,7 +158,7 @@ def test_generate_cli(assets, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "letstalk_core", "generate", "--checkpoint", str(assets["bundle"]),
          "--image", str(assets["portrait"]), "--audio", str(assets["speech"]), "--out", str(out),
-         "--sampler", "ddim", "--steps", "2", "--seed", "1"],
+         "--sampler", "ddim", "--steps", "2", "--seed", "1", "--overlap-frames", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr

@@ -346,3 +346,30 @@ def test_ddpm_needs_the_variance_channels():
         sampler.step(torch.zeros(1, 2, 4, 8, 8), index, latents)
     with pytest.raises(ValueError, match=r"model_output must be \[B, F, 2C, H, W\]"):
         sampler.step(torch.zeros(1, 2, 8, 4, 4), index, latents)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "euler"])
+def test_noised_puts_clean_latents_at_the_level_of_each_step(sampler):
+    """What the overlap of the clip loop relies on: ``noised`` gives the latents a sampler holds at an
+    index (the scheduler's own add_noise for the VP samplers, x0 + sigma noise for Euler)."""
+    schedule = make_sampler(sampler, 10)
+    plan = schedule.begin()
+    generator = torch.Generator().manual_seed(4)
+    clean = torch.randn(1, 3, 4, 5, 5, generator=generator)
+    noise = torch.randn(1, 3, 4, 5, 5, generator=generator)
+    acp = training_alphas_cumprod()
+    for position, (index, timestep) in enumerate(plan):
+        noised = schedule.noised(clean, noise, index)
+        if sampler == "euler":
+            sigma = float(schedule.scheduler.sigmas[position])
+            torch.testing.assert_close(noised, clean + sigma * noise, rtol=1e-4, atol=1e-4)
+            # the model sees them divided by sqrt(sigma^2 + 1) (Euler's input scaling; called here without
+            # stepping, diffusers' scale_model_input would keep the first step's index): sqrt(a) x0 +
+            # sqrt(1 - a) noise, as with the other samplers
+            seen = noised / (sigma**2 + 1) ** 0.5
+        else:
+            torch.testing.assert_close(noised, schedule.scheduler.add_noise(clean, noise, index.reshape(1)),
+                                       rtol=1e-5, atol=1e-5)
+            seen = noised
+        expected = acp[timestep] ** 0.5 * clean + (1 - acp[timestep]) ** 0.5 * noise
+        torch.testing.assert_close(seen, expected.float(), rtol=1e-4, atol=1e-4)

@@ -10,9 +10,11 @@ from torch import nn
 from letstalk_core.model import AudioProjection, LetsTalkTransformer
 from letstalk_core.sampling import (
     ClipLatents,
+    ClipWindow,
     GuidanceScales,
     SamplingCancelled,
     clip_generator,
+    clip_plan,
     guided_model_output,
     iter_video_clips,
     make_sampler,
@@ -491,3 +493,93 @@ def test_loop_reaches_the_exact_answer_on_gaussian_data(sampler):
         tolerance = 0.01 if sampler == "dpmpp_2m" else 0.03
         assert (clip.latents - exact).abs().max().item() < tolerance
         assert abs(start.std().item() - 1) < 0.15  # unit noise in the model's parametrisation
+
+
+# ---------------------------------------------------------------------------------------------------
+# overlapping clips
+
+
+@pytest.mark.parametrize("frames_per_clip", [2, 4, 8])
+def test_clip_plan_makes_every_frame_once_inside_the_padded_length(frames_per_clip):
+    for overlap in range(frames_per_clip):
+        for num_frames in range(1, 5 * frames_per_clip + 2):
+            plan = clip_plan(num_frames, frames_per_clip, overlap)
+            padded = -(-num_frames // frames_per_clip) * frames_per_clip
+            made = [frame for window in plan for frame in range(window.new_start, window.new_end)]
+            assert made == list(range(num_frames)), (num_frames, overlap)
+            assert plan[0] == ClipWindow(0, 0, 0, min(frames_per_clip, num_frames))
+            for before, window in zip(plan, plan[1:]):
+                assert window.window_start + frames_per_clip <= padded  # the audio covers every window
+                assert window.new_start == before.window_start + frames_per_clip  # new frames follow on
+                assert window.overlap >= overlap  # the last window may overlap more, never less
+                assert window.window_start >= before.window_start  # its held frames come from the clip before
+            if overlap == 0:  # the authors' layout
+                assert [w.window_start for w in plan] == list(range(0, num_frames, frames_per_clip))
+    assert [(w.window_start, w.new_start, w.new_end) for w in clip_plan(10, 4, 2)] == [
+        (0, 0, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
+    assert [(w.window_start, w.new_start, w.new_end) for w in clip_plan(7, 4, 1)] == [(0, 0, 4), (3, 4, 7)]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "euler"])
+def test_overlapping_clips_hold_the_frames_before_and_remember_what_came_before_them(sampler):
+    model = RecordingModel()
+    portrait, audio, _ = make_inputs()
+    steps, memory_frames, overlap = 3, 2, 2
+    clips = run(model, portrait, audio, num_frames=10, sampler=sampler, steps=steps, overlap_frames=overlap)
+    assert [clip.start_frame for clip in clips] == [0, 4, 6, 8]
+    assert [clip.latents.shape[1] for clip in clips] == [4, 2, 2, 2]
+    video = torch.cat([clip.latents for clip in clips], dim=1)  # [B, 10, C, H, W]
+    assert video.shape == (BATCH, 10, CHANNELS, SIZE, SIZE) and torch.isfinite(video).all()
+    assert len(model.calls) == 4 * steps
+    alphas = training_alphas_cumprod()
+    for clip, window in enumerate(clip_plan(10, FRAMES, overlap)):
+        calls = model.calls[clip * steps:(clip + 1) * steps]
+        start = window.window_start
+        for call in calls:
+            assert torch.equal(call["audio"], audio[:, start:start + FRAMES])  # the window's own speech
+            before = [portrait if i < 0 else video[:, i] for i in range(start - memory_frames, start)]
+            assert torch.equal(call["memory"], torch.stack(before, dim=1))  # the latents just before the window
+        if clip == 0:
+            continue
+        # every step sees the held frames as the previous clip's latents diffused to that step's level,
+        # always with the same noise: the model input is sqrt(a) x0 + sqrt(1 - a) noise for every sampler
+        # (at t = 0, sqrt(1 - a) = 0.01 magnifies float32 rounding, so there only the distance is checked)
+        held = video[:, start:window.new_start]  # [B, V, C, H, W]
+        noises = []
+        for call in calls:
+            t = int(call["timestep"][0])
+            a = float(alphas[t])
+            if t == 0:
+                assert (call["latents"][:, :overlap] - held).abs().max() < 0.05
+                continue
+            noises.append((call["latents"][:, :overlap] - a**0.5 * held) / (1 - a) ** 0.5)
+        assert len(noises) >= 2 and noises[0].std() > 0.5
+        for noise in noises[1:]:
+            torch.testing.assert_close(noise, noises[0], rtol=1e-3, atol=1e-3)
+    # without overlap the same seed gives other frames after the first clip, and the same first clip
+    plain = run(RecordingModel(), portrait, audio, num_frames=10, sampler=sampler, steps=steps)
+    assert torch.equal(plain[0].latents, clips[0].latents)
+    assert not torch.allclose(torch.cat([c.latents for c in plain], 1)[:, 4:6], video[:, 4:6])
+
+
+def test_overlap_longer_than_the_memory_takes_memory_from_older_clips():
+    model = RecordingModel()
+    portrait, audio, _ = make_inputs()
+    clips = run(model, portrait, audio, num_frames=7, steps=2, memory_frames=2, overlap_frames=3)
+    video = torch.cat([clip.latents for clip in clips], dim=1)
+    plan = clip_plan(7, FRAMES, 3)
+    assert [w.window_start for w in plan] == [0, 1, 2, 3] and video.shape[1] == 7
+    # window 1 starts at frame 1: its memory is the portrait (frame -1) and frame 0
+    torch.testing.assert_close(model.calls[2]["memory"], torch.stack([portrait, video[:, 0]], dim=1))
+    torch.testing.assert_close(model.calls[6]["memory"], video[:, 1:3])
+
+
+@pytest.mark.parametrize("bad", [-1, FRAMES, 1.5, True, "2"])
+def test_overlap_frames_outside_the_clip_is_refused_before_any_step(bad):
+    model = RecordingModel()
+    portrait, audio, _ = make_inputs()
+    with pytest.raises(ValueError, match=r"overlap_frames must be an integer from 0 to frames_per_clip - 1 = 3"):
+        run(model, portrait, audio, overlap_frames=bad)
+    assert model.calls == []
+    with pytest.raises(ValueError, match="overlap_frames"):
+        clip_plan(10, FRAMES, bad)
