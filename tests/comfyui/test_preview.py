@@ -10,8 +10,9 @@ from pathlib import Path
 
 import aiohttp
 
+from letstalk_core.sampling import clip_plan
 from scripts.comfy_harness import ComfyServer
-from tests.helpers import make_tiny_bundle, write_portrait, write_speechlike
+from tests.helpers import TINY_FRAMES_PER_CLIP, make_tiny_bundle, write_portrait, write_speechlike
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,4 +50,6 @@ def test_sampler_sends_one_preview_per_clip(tmp_path):
         workflow["7"]["inputs"].update(sampler="ddim", steps=2)
         previews, status = asyncio.run(asyncio.wait_for(run_and_count_previews(server.url, workflow), 600))
     assert status == "execution_success"
-    assert previews == 3
+    # 12 frames in clips of 4 with the workflow's overlap: one preview per clip sampled
+    clips = clip_plan(12, TINY_FRAMES_PER_CLIP, workflow["7"]["inputs"].get("overlap_frames", 0))
+    assert previews == len(clips) and len(clips) > 1
