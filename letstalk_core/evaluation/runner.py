@@ -210,15 +210,15 @@ def _clip_starts(num_frames: int, frames_per_clip: int, overlap_frames: int) -> 
 
 
 def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], *, sampler: str, steps: int, seed: int,
-              counter: _StepCounter, **guidance) -> dict[str, Any]:
+              counter: _StepCounter, **options) -> dict[str, Any]:
     """Generate every sample once; sync, identity and seam numbers of that run."""
     frames_per_clip = int(pipe.checkpoint.frames_per_clip)
-    overlap = guidance.get("overlap_frames", 0)
+    overlap = options.get("overlap_frames", 0)
     per_sample, videos, seconds, clips, frames_made = [], [], 0.0, 0, 0
     for index, sample in enumerate(samples):
         portrait = _portrait(sample.identity_seed, pipe.resolution)
         frames, took = _generate(pipe, portrait, sample.speech, sampler=sampler, steps=steps, seed=seed + index,
-                                 counter=counter, **guidance)
+                                 counter=counter, **options)
         seconds += took
         clips += _clips(frames.shape[0], frames_per_clip, overlap)
         frames_made += frames.shape[0]
@@ -397,11 +397,11 @@ def evaluate_checkpoint(
 
         _generate(pipe, portrait, speech, sampler=sampler, steps=steps, seed=seed + 20_000, counter=counter,
                   on_chunk=on_chunk, keep=False, **options)
-        drift = drift_ratio(torch.cat(per_frame), FPS, drift_window)
+        errors = torch.cat(per_frame)  # [F]
+        drift = drift_ratio(errors, FPS, drift_window)
         metrics.update(drift_ratio=drift["ratio"], drift_first_error=drift["first"], drift_last_error=drift["last"])
-        drift_made = int(torch.cat(per_frame).shape[0])
         long_seams = seam_ratio(torch.cat(drift_changes), frames_per_clip,
-                                _clip_starts(drift_made, frames_per_clip, overlap_frames))
+                                _clip_starts(int(errors.shape[0]), frames_per_clip, overlap_frames))
         metrics["seam_ratio_long"] = long_seams["ratio"]
     else:
         metrics.update(drift_ratio=float("nan"), drift_first_error=float("nan"), drift_last_error=float("nan"),
