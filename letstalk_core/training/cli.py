@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
     train.add_argument("--vae", help="override vae.path")
     train.add_argument("--audio-encoder", help="override audio.encoder")
     train.add_argument("--max-steps", type=int, help="override training.max_steps")
+    train.add_argument("--init-from", help="override training.init_from: start from this checkpoint's weights "
+                                           "(fine-tuning; the model section must match it)")
     train.add_argument("--stages", help="override stages, comma-separated (vae,transformer)")
     train.set_defaults(func=run_train)
 
@@ -80,6 +82,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides.setdefault("audio", {})["encoder"] = args.audio_encoder
     if args.max_steps is not None:
         overrides.setdefault("training", {})["max_steps"] = args.max_steps
+    if args.init_from:
+        overrides.setdefault("training", {})["init_from"] = args.init_from
     if args.stages:
         overrides["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
     return overrides
@@ -96,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.config:
         # command-line paths are relative to the working directory, not to the config file
-        for section, key in (("data", "path"), ("vae", "path"), ("audio", "encoder")):
+        for section, key in (("data", "path"), ("vae", "path"), ("audio", "encoder"), ("training", "init_from")):
             value = overrides.get(section, {}).get(key)
             if value and value != "mel":
                 overrides[section][key] = str(Path(value).resolve())

@@ -11,8 +11,8 @@ Sections (all optional except where a preset leaves a value to fill in)::
     audio:   {encoder, n_mels, window_radius, intermediate_dim, num_tokens, output_dim}
     vae:     {path, config, steps, batch_size, learning_rate, kl_weight, save_every}
     training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
-               learning_rate, audio_projection_learning_rate, zero_init_audio_attention, weight_decay, adam_betas, ema_decay, grad_clip,
-               grad_clip_after, save_every, log_every}
+               learning_rate, lr_decay_steps, audio_projection_learning_rate, zero_init_audio_attention, weight_decay,
+               adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every, init_from}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
               memory_drop, mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
               dropout: {audio, portrait, both}}
@@ -102,6 +102,9 @@ class TrainingConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     learning_rate: float = 1e-4
+    # Beyond the authors' constant rate: every rate falls linearly to 0 over the last this-many optimiser
+    # steps before max_steps (a warmup-free "warmup-stable-decay" schedule). 0: constant, as the authors.
+    lr_decay_steps: int = 0
     # The audio projection's own rate; null: learning_rate. 0 keeps it at its random initialisation.
     audio_projection_learning_rate: float | None = None
     # Zero the audio cross-attention output projections at the start (see initialize_weights).
@@ -113,6 +116,10 @@ class TrainingConfig:
     grad_clip_after: int = 20_000  # optimiser steps before clipping starts
     save_every: int = 5000
     log_every: int = 50
+    # Start the transformer and audio projection from this checkpoint's weights (either format; the shapes
+    # must be the model section's) instead of the initialisation: fine-tuning. Ignored by --resume, whose
+    # state holds the weights. null: from scratch.
+    init_from: str | None = None
 
 
 @dataclass
@@ -282,6 +289,12 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "save_every", "log_every"):
         _positive_int(getattr(t, name), f"training.{name}")
     _positive_int(t.grad_clip_after, "training.grad_clip_after", 0)
+    _positive_int(t.lr_decay_steps, "training.lr_decay_steps", 0)
+    if t.lr_decay_steps > t.max_steps:
+        raise ValueError(f"training.lr_decay_steps ({t.lr_decay_steps}) must be at most training.max_steps "
+                         f"({t.max_steps}): the decay runs over the last steps of the run")
+    if t.init_from is not None and (not isinstance(t.init_from, str) or not t.init_from):
+        raise ValueError(f"training.init_from must be a checkpoint path or null, got {t.init_from!r}")
     if t.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"training.mixed_precision must be one of {list(MIXED_PRECISION)}, got {t.mixed_precision!r}")
     if not (isinstance(t.learning_rate, (int, float)) and t.learning_rate > 0):
@@ -336,6 +349,7 @@ def _resolve_paths(config: TrainConfig, base: Path) -> None:
     config.data.path = resolve(config.data.path)
     config.audio.encoder = resolve(config.audio.encoder)
     config.vae.path = resolve(config.vae.path)
+    config.training.init_from = resolve(config.training.init_from)
 
 
 def config_from_dict(values: dict, *, base_dir: str | Path | None = None) -> TrainConfig:

@@ -139,9 +139,12 @@ class TransformerTrainer:
             zero_audio_attention=t.zero_init_audio_attention)
         self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
                                                                             self.encoder.feature_dim))
+        if t.init_from is not None and not resume:
+            self._init_from(t.init_from)
         if t.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         audio_rate = t.learning_rate if t.audio_projection_learning_rate is None else t.audio_projection_learning_rate
+        self.base_rates = (t.learning_rate, audio_rate)  # before the decay (lr_decay_steps)
         groups = [{"params": list(self.model.parameters())},
                   {"params": list(self.audio_proj.parameters()), "lr": audio_rate}]
         self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=t.adam_betas,
@@ -169,6 +172,28 @@ class TransformerTrainer:
             path = self.source.manifest.get("vae")
             return path if path and Path(path).exists() else None
         return None
+
+    def _init_from(self, path: str) -> None:
+        """Fine-tuning: the transformer and audio projection weights of checkpoint ``path`` (either
+        format), which must have the shapes of the configured model."""
+        from ..checkpoints import load_checkpoint
+        from ..checkpoints.official import check_state_dict
+
+        source = f"training.init_from {path}"
+        checkpoint = load_checkpoint(path)
+        for module, loaded in ((self.model, checkpoint.model), (self.audio_proj, checkpoint.audio_proj)):
+            state = loaded.state_dict()
+            check_state_dict(module, state, source=source)
+            module.load_state_dict(state)
+        logger.info("starting from the weights of %s (its step %s)", path, checkpoint.training.get("step", "unknown"))
+
+    def learning_rate_factor(self, step: int) -> float:
+        """The factor on every base rate for the update after ``step`` optimiser steps: 1, falling
+        linearly over the last ``lr_decay_steps`` steps to 1/lr_decay_steps at the last update."""
+        t = self.config.training
+        if not t.lr_decay_steps:
+            return 1.0
+        return min(1.0, max(0, t.max_steps - step) / t.lr_decay_steps)
 
     def _parameters(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters()) + list(self.audio_proj.parameters())
@@ -300,6 +325,9 @@ class TransformerTrainer:
         batch = self._batch(self.micro_step, generator)
         self.model.train()
         self.audio_proj.train()
+        factor = self.learning_rate_factor(self.step)
+        for group, rate in zip(self.optimizer.param_groups, self.base_rates):
+            group["lr"] = rate * factor
         with acc.accumulate(self.model, self.audio_proj):
             loss = self.compute_loss(batch, generator)
             acc.backward(loss.loss)
@@ -327,6 +355,8 @@ class TransformerTrainer:
             "name": cfg.name,
             "ema_decay": cfg.training.ema_decay,
             "learning_rate": cfg.training.learning_rate,
+            "lr_decay_steps": cfg.training.lr_decay_steps,
+            "init_from": None if cfg.training.init_from is None else Path(cfg.training.init_from).name,
             "audio_projection_learning_rate": cfg.training.audio_projection_learning_rate,
             "zero_init_audio_attention": cfg.training.zero_init_audio_attention,
             "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps * self.accelerator.num_processes,

@@ -174,6 +174,69 @@ def test_audio_projection_learning_rate_and_resuming_a_single_group_state(tmp_pa
 
 
 @needs_espeak
+def test_learning_rate_decay_over_the_last_steps_and_its_resume(tmp_path, tiny_vae):
+    for bad, message in ((-1, "training.lr_decay_steps must be an integer >= 0"),
+                         (5, r"training.lr_decay_steps \(5\) must be at most training.max_steps \(4\)")):
+        with pytest.raises(ValueError, match=message):
+            config_from_dict(tiny_config(tmp_path / "bad", tiny_vae, max_steps=4, lr_decay_steps=bad))
+    values = tiny_config(tmp_path / "a", tiny_vae, max_steps=4, lr_decay_steps=3, audio_projection_learning_rate=1e-4)
+    straight = TransformerTrainer(config_from_dict(values), show_progress=False)
+    rates = []
+    straight.train(on_step=lambda step, loss: rates.append([g["lr"] for g in straight.optimizer.param_groups]))
+    # constant, then down by a third per step over the last 3 updates, both groups alike
+    expected = [1.0, 1.0, 2 / 3, 1 / 3]
+    np.testing.assert_allclose([r[0] for r in rates], [1e-3 * f for f in expected], rtol=1e-12)
+    np.testing.assert_allclose([r[1] for r in rates], [1e-4 * f for f in expected], rtol=1e-12)
+    assert load_checkpoint(tmp_path / "a" / "letstalk.safetensors").training["lr_decay_steps"] == 3
+    # interrupted inside the decay: the resumed run takes the rate from the step, not from the saved optimiser
+    values["output_dir"] = str(tmp_path / "b")
+    first = TransformerTrainer(config_from_dict(values), show_progress=False)
+    first.train(max_steps=3)
+    resumed = TransformerTrainer(config_from_dict(values), resume=True, show_progress=False)
+    resumed_rates = []
+    resumed.train(on_step=lambda step, loss: resumed_rates.append(resumed.optimizer.param_groups[0]["lr"]))
+    assert resumed_rates == [pytest.approx(1e-3 / 3)]
+    np.testing.assert_allclose(first.last_losses + resumed.last_losses, straight.last_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_espeak
+def test_init_from_a_checkpoint_fine_tunes_its_weights(tmp_path, tiny_vae, monkeypatch):
+    base = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "base", tiny_vae)), show_progress=False)
+    start = load_checkpoint(base.train())
+    # through the CLI, a relative path taken from the working directory
+    values = tiny_config(tmp_path / "tuned", tiny_vae, max_steps=1)
+    config_path = tmp_path / "configs" / "tuned.yaml"
+    config_path.parent.mkdir()
+    config_path.write_text(yaml.safe_dump(values))
+    tuned = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "t", tiny_vae, max_steps=1,
+                                                            init_from=str(start.path))), show_progress=False)
+    for module, loaded in ((tuned.model, start.model), (tuned.audio_proj, start.audio_proj)):
+        for (name, value), expected in zip(module.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(value, expected), name
+    shadow = dict(zip([n for n, _ in tuned.model.named_parameters()], tuned.ema.shadow_params))
+    assert all(torch.equal(shadow[n], p) for n, p in start.model.named_parameters())  # the EMA starts there too
+    # a model from scratch starts elsewhere (adaLN-Zero): the weights did come from the file
+    assert tuned.model.final_proj.weight.abs().max() > 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(config_path), "--init-from", "base/letstalk.safetensors"]) == 0
+    checkpoint = load_checkpoint(tmp_path / "tuned" / "letstalk.safetensors")
+    assert checkpoint.training["init_from"] == "letstalk.safetensors" and checkpoint.training["step"] == 1
+    # a checkpoint of another shape: the file, the first key and both shapes
+    wider = tiny_config(tmp_path / "w", tiny_vae, init_from=str(start.path))
+    wider["model"]["hidden_size"] = 48
+    with pytest.raises(ValueError, match=r"training.init_from .*letstalk.safetensors: key '[\w.]+' has shape "
+                                         r"\(\d+(, \d+)*\), but the model expects \(\d+(, \d+)*\)"):
+        TransformerTrainer(config_from_dict(wider), show_progress=False)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        TransformerTrainer(config_from_dict(tiny_config(tmp_path / "m", tiny_vae, init_from=str(tmp_path / "missing.safetensors"))),
+                           show_progress=False)
+    with pytest.raises(ValueError, match="training.init_from must be a checkpoint path or null"):
+        config_from_dict(tiny_config(tmp_path / "m", tiny_vae, init_from=3))
+
+
+@needs_espeak
 def test_gradient_accumulation_checkpointing_and_latent_cache(tmp_path, tiny_vae):
     values = tiny_config(tmp_path / "acc", tiny_vae, max_steps=2, gradient_accumulation_steps=2, batch_size=1,
                          gradient_checkpointing=True)
