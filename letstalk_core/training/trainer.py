@@ -145,8 +145,8 @@ class TransformerTrainer:
             self.model.enable_gradient_checkpointing()
         audio_rate = t.learning_rate if t.audio_projection_learning_rate is None else t.audio_projection_learning_rate
         self.base_rates = (t.learning_rate, audio_rate)  # before the decay (lr_decay_steps)
-        groups = [{"params": list(self.model.parameters())},
-                  {"params": list(self.audio_proj.parameters()), "lr": audio_rate}]
+        groups = [{"params": list(module.parameters()), "lr": rate}
+                  for module, rate in zip((self.model, self.audio_proj), self.base_rates)]
         self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=t.adam_betas,
                                            weight_decay=t.weight_decay)
         self.ema = EMAModel(self._parameters(), decay=t.ema_decay)
