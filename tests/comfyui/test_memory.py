@@ -23,7 +23,8 @@ def workflow(checkpoint: str, prefix: str) -> dict:
     prompt["1"]["inputs"]["image"] = "mem_face.png"
     prompt["2"]["inputs"]["audio"] = "mem_talk.wav"
     prompt["3"]["inputs"]["checkpoint"] = checkpoint
-    prompt["7"]["inputs"].update(sampler="ddim", steps=1)
+    # the tiny models have clips of 4 frames and no condition dropout (no guidance)
+    prompt["7"]["inputs"].update(sampler="ddim", steps=1, overlap_frames=2, audio_cfg=1.0)
     prompt["10"]["inputs"]["filename_prefix"] = prefix
     return prompt
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -63,3 +64,16 @@ def test_overlapping_clips_smooth_the_demo_model_seams():
     overlapped = evaluate_checkpoint(None, overlap_frames=3, **common)["metrics"]
     assert overlapped["seam_ratio"] < 0.75 * plain["seam_ratio"], (plain, overlapped)
     assert overlapped["sync"] >= 0.4 and overlapped["sync"] - overlapped["sync_floor"] >= 0.25, overlapped
+
+
+def test_shipped_workflow_settings_meet_the_lip_sync_target_with_smooth_seams():
+    """The bundled basic workflow's sampler settings (4 frames of overlap, audio guidance 3) are the ones
+    where the demo model meets its targets (models/README.md: 8 identities at 25 steps). Checked here on
+    2 identities at 10 steps, read from the workflow itself so that a change to it is checked too; the
+    authors' loop at the same steps gives lip sync ~0.6 and seams ~3.3x."""
+    sampler = json.loads((EXAMPLES.parent / "letstalk_basic_api.json").read_text())["7"]["inputs"]
+    metrics = evaluate_checkpoint(None, identities=2, seconds=4.0, drift_seconds=0, steps=10,
+                                  overlap_frames=sampler["overlap_frames"], audio_cfg=sampler["audio_cfg"],
+                                  portrait_cfg=sampler["portrait_cfg"])["metrics"]
+    assert metrics["sync"] >= 0.7 and metrics["sync_floor"] <= 0.2, metrics
+    assert metrics["seam_ratio"] <= 2.0, metrics
