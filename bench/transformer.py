@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import threading
 import time
@@ -121,22 +122,25 @@ def bench_model(name: str, config: dict, height: int, width: int, frames: int, m
     audio = torch.randn(1, frames, 32, config["audio_dim"])  # [B, F, M, Da]
     memory = torch.randn(1, memory_frames, c, height, width)  # [B, K, C, H, W]
     flops = forward_flops(config, 1, frames, memory_frames, height, width, 32)
-    times, rates = [], []
+    times, rates, faults = [], [], []
     with torch.no_grad():
         model(latents, timestep, portrait, audio, memory)  # warm-up
         with PeakMemory() as memory_probe:
             for _ in range(repeats):
                 rates.append(matmul_rate(repeats=3))
+                faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 model(latents, timestep, portrait, audio, memory)
                 times.append(time.perf_counter() - start)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     ratios = sorted(flops / t / 1e9 / r for t, r in zip(times, rates))
     best = min(times)
     print(f"{name}: {flops / 1e9:.1f} GFLOP; forward best {best:.2f} s / median {sorted(times)[len(times) // 2]:.2f} s "
           f"of {repeats} = {flops / best / 1e9:.1f} GFLOP/s; matmul best {max(rates):.1f} GFLOP/s")
     print(f"  achieved / matmul rate: best forward vs best matmul {flops / best / 1e9 / max(rates):.2f}; "
           f"per adjacent pair median {ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}; "
-          f"peak memory +{memory_probe.peak / 2**20:.0f} MiB")
+          f"peak memory +{memory_probe.peak / 2**20:.0f} MiB; minor page faults per forward: median "
+          f"{sorted(faults)[len(faults) // 2]}")
 
 
 def fixture_check() -> None:
