@@ -269,8 +269,9 @@ def _let_the_heap_keep_working_buffers() -> None:
     buffers (up to ~13 MiB for an S model) leave the threshold near 13 MiB, so the heap is trimmed and
     regrown inside every forward: ~130k minor page faults and ~0.3 s of system time per
     Litecatlong-S forward at 512 px on the 2-core test machine. After this one free the threshold is
-    30 MiB and those buffers stay on the heap (0-400 faults per forward); at most ~60 MiB of freed
-    heap is kept. This is glibc's own adaptation, reached at once instead of never: no allocator
+    30 MiB and those buffers stay on the heap (0-400 faults per forward on the main thread; 6-12k in
+    a worker thread, as ComfyUI runs prompts, whose malloc arena behaves a little differently); at
+    most ~60 MiB of freed heap is kept. This is glibc's own adaptation, reached at once instead of never: no allocator
     setting is changed, and elsewhere (other C libraries, a threshold already higher or fixed by
     the process) it does nothing. The pages are never touched, so it costs microseconds.
     """
