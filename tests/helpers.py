@@ -16,6 +16,10 @@ from letstalk_core.model import AudioProjection, LetsTalkTransformer
 from letstalk_core.training.synthetic.face import render_face, sample_identity
 
 TINY_FRAMES_PER_CLIP = 4
+# sampler inputs that replace the shipped basic workflow's for the tiny bundle: its overlap (4) is a whole
+# tiny clip (2 keeps clips overlapping), and the tiny bundle, trained without condition dropout, refuses
+# the workflow's audio guidance (3)
+TINY_SAMPLER_INPUTS = {"overlap_frames": 2, "audio_cfg": 1.0}
 
 
 def tiny_vae_config(latent_channels: int = 4) -> dict:

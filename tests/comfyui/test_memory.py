@@ -13,7 +13,7 @@ import torch
 from letstalk_core.checkpoints import save_checkpoint
 from letstalk_core.latents import build_vae, vae_bundle_entries
 from letstalk_core.model import AudioProjection, LetsTalkTransformer
-from tests.helpers import make_tiny_bundle, tiny_vae_config, write_portrait, write_speechlike
+from tests.helpers import TINY_SAMPLER_INPUTS, make_tiny_bundle, tiny_vae_config, write_portrait, write_speechlike
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,8 +23,7 @@ def workflow(checkpoint: str, prefix: str) -> dict:
     prompt["1"]["inputs"]["image"] = "mem_face.png"
     prompt["2"]["inputs"]["audio"] = "mem_talk.wav"
     prompt["3"]["inputs"]["checkpoint"] = checkpoint
-    # the tiny models have clips of 4 frames and no condition dropout (no guidance)
-    prompt["7"]["inputs"].update(sampler="ddim", steps=1, overlap_frames=2, audio_cfg=1.0)
+    prompt["7"]["inputs"].update(sampler="ddim", steps=1, **TINY_SAMPLER_INPUTS)  # mem_big: clips of 4 too
     prompt["10"]["inputs"]["filename_prefix"] = prefix
     return prompt
 

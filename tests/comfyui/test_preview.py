@@ -12,7 +12,7 @@ import aiohttp
 
 from letstalk_core.sampling import clip_plan
 from scripts.comfy_harness import ComfyServer
-from tests.helpers import TINY_FRAMES_PER_CLIP, make_tiny_bundle, write_portrait, write_speechlike
+from tests.helpers import TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS, make_tiny_bundle, write_portrait, write_speechlike
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +47,7 @@ def test_sampler_sends_one_preview_per_clip(tmp_path):
         workflow["1"]["inputs"]["image"] = "face.png"
         workflow["2"]["inputs"]["audio"] = "talk.wav"
         workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
-        # clips of 4 frames and no condition dropout (no guidance) in the tiny bundle
-        workflow["7"]["inputs"].update(sampler="ddim", steps=2, overlap_frames=2, audio_cfg=1.0)
+        workflow["7"]["inputs"].update(sampler="ddim", steps=2, **TINY_SAMPLER_INPUTS)
         previews, status = asyncio.run(asyncio.wait_for(run_and_count_previews(server.url, workflow), 600))
     assert status == "execution_success"
     # 12 frames in clips of 4 with the workflow's overlap: one preview per clip sampled

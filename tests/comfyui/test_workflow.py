@@ -14,7 +14,7 @@ from PIL import Image
 
 from letstalk_core.video import probe
 from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
-from tests.helpers import make_tiny_bundle, write_portrait, write_speechlike
+from tests.helpers import TINY_SAMPLER_INPUTS, make_tiny_bundle, write_portrait, write_speechlike
 
 REPO = Path(__file__).resolve().parents[2]
 BASIC = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())
@@ -33,9 +33,7 @@ def basic_workflow(**changes) -> dict:
     workflow["1"]["inputs"]["image"] = "face.png"
     workflow["2"]["inputs"]["audio"] = "talk.wav"
     workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
-    # the shipped overlap (4) is a whole clip of the tiny model (2 keeps clips overlapping), and the tiny
-    # bundle was not trained with condition dropout, so it refuses the shipped audio guidance (3)
-    workflow["7"]["inputs"].update(sampler="ddim", steps=2, overlap_frames=2, audio_cfg=1.0)
+    workflow["7"]["inputs"].update(sampler="ddim", steps=2, **TINY_SAMPLER_INPUTS)
     for key, value in changes.items():
         node, name = key.split("__")
         workflow[node]["inputs"][name] = value
@@ -170,7 +168,7 @@ def test_ui_workflow_converts_and_runs(tiny):
     converted["1"]["inputs"]["image"] = "face.png"
     converted["2"]["inputs"]["audio"] = "talk.wav"
     converted["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
-    converted["7"]["inputs"].update(sampler="ddim", steps=2, overlap_frames=2, audio_cfg=1.0)  # as basic_workflow
+    converted["7"]["inputs"].update(sampler="ddim", steps=2, **TINY_SAMPLER_INPUTS)
     converted["10"]["inputs"]["filename_prefix"] = "ui/x"
     [video] = saved_videos(tiny, tiny.client.run(converted))
     assert probe(video).frame_count == 25

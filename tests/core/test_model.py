@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -541,16 +544,13 @@ with torch.no_grad():
 """
 
 
-@pytest.mark.skipif(not (os.uname().sysname == "Linux" and __import__("platform").libc_ver()[0] == "glibc"),
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
                     reason="counts glibc's page faults on Linux")
 def test_cpu_inference_reuses_its_buffers_instead_of_faulting_in_fresh_pages():
     """A fresh process (glibc's mmap threshold at its start value), one Litecatlong-S block at its
     512 px size: after the first forward, the next ones find their ~13 MiB buffers on the heap.
     Without ``_let_the_heap_keep_working_buffers`` the heap is trimmed and regrown inside every
     forward: ~37k minor page faults for these two forwards on the test machine; with it, ~0."""
-    import subprocess
-    import sys
-
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=300,
                             cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
