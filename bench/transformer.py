@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from letstalk_core.model import LetsTalkTransformer, transformer_config  # noqa: E402
 
-SHARED = Path(os.environ.get("LETSTALK_SHARED", REPO.parent / "shared"))
+FIXTURES = REPO / "tests" / "fixtures" / "official_letstalk"  # the ground truth committed with the tests
 
 
 def forward_flops(config: dict, batch: int, frames: int, memory_frames: int, height: int, width: int,
@@ -149,10 +149,7 @@ def fixture_check() -> None:
 
     from letstalk_core.checkpoints import load_official_checkpoint
 
-    fixtures = SHARED / "fixtures" / "official_letstalk"
-    if not fixtures.is_dir():
-        print(f"fixtures not found at {fixtures}; skipping the output check")
-        return
+    fixtures = FIXTURES
     for variant, heads in (("VDTcatlong", 4), ("Litecatlong", 2)):
         model, _, _ = load_official_checkpoint(fixtures / f"{variant}.ckpt", num_heads=heads)
         io = load_file(fixtures / f"{variant}_io.safetensors")

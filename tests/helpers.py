@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,25 @@ from letstalk_core.checkpoints import save_checkpoint
 from letstalk_core.latents import build_vae, load_shipped_config, vae_bundle_entries
 from letstalk_core.model import AudioProjection, LetsTalkTransformer
 from letstalk_core.training.synthetic.face import render_face, sample_identity
+
+REPO = Path(__file__).resolve().parents[1]
+# ground truth from the authors' code, committed with the tests (tests/fixtures/official_letstalk/index.json
+# says what made each file)
+OFFICIAL_FIXTURES = REPO / "tests" / "fixtures" / "official_letstalk"
+# optional material beside the repository (real footage, third-party weights): tests of it skip without it
+SHARED = Path(os.environ.get("LETSTALK_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ``../shared`` (or ``$LETSTALK_SHARED``); the calling test skips, saying why, when it is absent."""
+    import pytest
+
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not here: this optional material sits beside the repository in the project's "
+                    "workspace, not in a user's clone")
+    return path
+
 
 TINY_FRAMES_PER_CLIP = 4
 # sampler inputs that replace the shipped basic workflow's for the tiny bundle: its overlap (4) is a whole

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import letstalk_core.checkpoints.native as native
+from tests.helpers import OFFICIAL_FIXTURES as FIXTURES
 from letstalk_core.checkpoints import (
     CheckpointError,
     LetsTalkCheckpoint,
@@ -25,8 +25,6 @@ from letstalk_core.checkpoints import (
 from letstalk_core.model import AudioProjection, LetsTalkTransformer
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("LETSTALK_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official_letstalk"
 INDEX = json.loads((FIXTURES / "index.json").read_text())
 VARIANTS = ["VDTcat", "VDTcatlong", "Litecatlong"]
 

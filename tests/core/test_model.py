@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from tests.helpers import OFFICIAL_FIXTURES as FIXTURES
 from letstalk_core.checkpoints import load_checkpoint, load_official_checkpoint
 from letstalk_core.checkpoints.official import (
     audio_state_from_official,
@@ -25,8 +26,6 @@ from letstalk_core.model import AudioProjection, LetsTalkTransformer, spatial_ta
 from letstalk_core.model.attention import LinearAttention
 from letstalk_core.model.transformer import GatedConvFeedForward
 
-SHARED = Path(os.environ.get("LETSTALK_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official_letstalk"
 INDEX = json.loads((FIXTURES / "index.json").read_text())
 VARIANTS = ["VDTcat", "VDTcatlong", "Litecatlong"]
 # bfloat16 keeps 8 mantissa bits; over two blocks the outputs (|y| up to ~2.5) move by about 1e-2

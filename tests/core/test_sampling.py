@@ -3,7 +3,6 @@ every sampler on data whose exact answer is known (i.i.d. Gaussian latents, exac
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from safetensors.torch import load_file
 
+from tests.helpers import OFFICIAL_FIXTURES as FIXTURES
 from letstalk_core.sampling import (
     SAMPLERS,
     even_timesteps,
@@ -22,8 +22,6 @@ from letstalk_core.sampling import (
     training_alphas_cumprod,
 )
 
-SHARED = Path(os.environ.get("LETSTALK_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "official_letstalk"
 
 # fixture respacing -> (sampler, steps, timestep_spacing) that reproduces it
 RESPACINGS = {"250": (250, "even"), "25": (25, "even"), "ddim50": (50, "stride")}
