@@ -1,4 +1,4 @@
-"""Latent codecs (SD VAE, DC-AE, the demo VAE) and portrait conditioning.
+"""Latent codecs (SD VAE, DC-AE, the demo VAE, TAEF2) and portrait conditioning.
 
 ``load_vae(path_or_state)`` gives a :class:`LatentCodec` with ``encode(images) -> latents`` and
 ``decode(latents) -> images`` (scale and shift inside; images ``[N, 3, H, W]`` in -1..1);

@@ -1,7 +1,7 @@
 """Latent codecs: one small interface over the VAEs LetsTalk runs in.
 
 A :class:`LatentCodec` wraps a diffusers autoencoder (``AutoencoderKL`` for the SD VAE and the demo
-VAE, ``AutoencoderDC`` for DC-AE) and hides its scale and shift, so the rest of the project only sees
+VAE, ``AutoencoderDC`` for DC-AE, ``AutoencoderTiny`` with pooled blocks for TAEF2) and hides its scale and shift, so the rest of the project only sees
 
 * ``encode(images) -> latents`` and ``decode(latents) -> images``;
 * images as float tensors ``[N, 3, H, W]`` with values in ``[-1, 1]`` (the diffusers convention);
@@ -29,7 +29,7 @@ __all__ = [
     "check_latent_channels",
 ]
 
-CODEC_KINDS = ("sd_vae", "dc_ae", "demo_vae")
+CODEC_KINDS = ("sd_vae", "dc_ae", "demo_vae", "taef2")
 
 
 def images_from_comfy(images: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,7 @@ def check_latent_channels(latent_channels: int, expected: int, *, vae_name: str 
         raise ValueError(
             f"latent channel mismatch: {vae_name} encodes to {int(latent_channels)} channels but {model_name} "
             f"expects {int(expected)} (in_channels). Use the VAE the model was trained with "
-            f"(4 channels: SD VAE or the demo VAE; 32 channels: DC-AE f32c32)."
+            f"(4 channels: SD VAE or the demo VAE; 32 channels: DC-AE f32c32 or TAEF2)."
         )
 
 
@@ -76,8 +76,8 @@ class LatentCodec(nn.Module):
     """A VAE behind ``encode``/``decode`` with its scale and shift applied inside.
 
     Args:
-        vae: a diffusers ``AutoencoderKL`` or ``AutoencoderDC``.
-        kind: ``"sd_vae"``, ``"dc_ae"`` or ``"demo_vae"`` (what the VAE is, for messages and saving).
+        vae: a diffusers ``AutoencoderKL``, ``AutoencoderDC`` or (TAEF2) ``AutoencoderTiny``.
+        kind: ``"sd_vae"``, ``"dc_ae"``, ``"demo_vae"`` or ``"taef2"`` (what the VAE is, for messages and saving).
         scaling_factor / shift_factor: override the values in the VAE's config. Latents are
             ``(z - shift) * scale`` where ``z`` is the VAE's raw latent.
         chunk_size: default number of frames per encoder/decoder call.
@@ -97,14 +97,19 @@ class LatentCodec(nn.Module):
         chunk_size: int = 8,
     ) -> None:
         super().__init__()
-        from diffusers import AutoencoderDC, AutoencoderKL
+        from diffusers import AutoencoderDC, AutoencoderKL, AutoencoderTiny
 
-        if not isinstance(vae, (AutoencoderKL, AutoencoderDC)):
-            raise TypeError(f"vae: expected a diffusers AutoencoderKL or AutoencoderDC, got {type(vae).__name__}")
+        from .taef2 import has_midblock_pool
+
+        if not isinstance(vae, (AutoencoderKL, AutoencoderDC, AutoencoderTiny)):
+            raise TypeError(f"vae: expected a diffusers AutoencoderKL, AutoencoderDC or AutoencoderTiny, got {type(vae).__name__}")
         if kind not in CODEC_KINDS:
             raise ValueError(f"kind: expected one of {CODEC_KINDS}, got {kind!r}")
         if kind == "dc_ae" and not isinstance(vae, AutoencoderDC):
             raise ValueError(f"kind 'dc_ae' needs an AutoencoderDC, got {type(vae).__name__}")
+        if (kind == "taef2") != (isinstance(vae, AutoencoderTiny) and has_midblock_pool(vae)):
+            raise ValueError(f"kind {kind!r} does not fit a {type(vae).__name__}: TAEF2 (kind 'taef2') is an "
+                             "AutoencoderTiny with pooled innermost blocks (latents/taef2.py), and only it")
         if kind in ("sd_vae", "demo_vae") and not isinstance(vae, AutoencoderKL):
             raise ValueError(f"kind {kind!r} needs an AutoencoderKL, got {type(vae).__name__}")
         self.vae = vae.eval()
@@ -168,7 +173,7 @@ class LatentCodec(nn.Module):
         """Images ``[N, 3, H, W]`` or ``[B, F, 3, H, W]`` in -1..1 -> scaled latents ``[N|B,F, C, H/f, W/f]``.
 
         ``sample=False`` takes the mean of the KL posterior (deterministic); ``sample=True`` draws from it
-        with ``generator`` (DC-AE is deterministic either way). Output is float32 on the codec's device.
+        with ``generator`` (DC-AE and TAEF2 are deterministic either way). Output is float32 on the codec's device.
         """
         flat, lead = self._flatten(images, 3, "images")
         self.latent_size(flat.shape[-2], flat.shape[-1])
@@ -178,6 +183,8 @@ class LatentCodec(nn.Module):
             chunk = flat[start : start + step].to(device=self.device, dtype=self.dtype)
             if self.kind == "dc_ae":
                 raw = self.vae.encode(chunk).latent
+            elif self.kind == "taef2":
+                raw = self.vae.encode(chunk).latents
             else:
                 dist = self.vae.encode(chunk).latent_dist
                 raw = dist.sample(generator=generator) if sample else dist.mode()

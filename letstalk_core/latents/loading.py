@@ -3,12 +3,14 @@
 :func:`load_vae` takes any of these and works out which it is:
 
 * a diffusers folder (``config.json`` + weights, or a pipeline folder with a ``vae/`` subfolder);
+* TAEF2's two published files (``taef2_encoder.pth`` + ``taef2_decoder.pth``): their folder or either file;
 * a single ``.safetensors`` (or ``.ckpt``/``.pt``/``.bin``, read with ``weights_only=True``) in
     - the original LDM/CompVis key layout (``encoder.down.0.block.0...``, optionally prefixed
       ``first_stage_model.``), e.g. ``vae-ft-mse-840000-ema-pruned.safetensors``;
     - the diffusers AutoencoderKL key layout (``encoder.down_blocks.0.resnets.0...``);
     - the original MIT-HAN-lab DC-AE layout (``encoder.project_in...``, ``decoder.stages...``) or the
       diffusers AutoencoderDC layout;
+    - the diffusers AutoencoderTiny layout (``encoder.layers.0.weight``, ...), TAEF2 among them;
     - this project's own single file, which carries the diffusers config as JSON in the metadata key
       ``config`` (see :func:`save_vae`);
     - a project bundle whose VAE tensors are prefixed ``vae.`` and whose metadata key ``vae_config``
@@ -32,6 +34,14 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from .codecs import LatentCodec, check_latent_channels
+from .taef2 import (
+    MIDBLOCK_POOL_KEY,
+    build_tiny_autoencoder,
+    has_midblock_pool,
+    is_tiny_autoencoder_state,
+    read_taef2_files,
+    taef2_files_in,
+)
 
 __all__ = [
     "load_vae",
@@ -49,6 +59,7 @@ SHIPPED_CONFIGS = {
     "dc_ae": "dc_ae_f32c32_sana_1_0.json",
     "demo_vae": "demo_vae.json",
     "demo_vae_f4": "demo_vae_f4.json",
+    "taef2": "taef2.json",
 }
 METADATA_CONFIG_KEY = "config"
 # shipped configs that are a variant of a codec kind (same kind of VAE, other layout)
@@ -63,13 +74,15 @@ LDM_KL = "ldm_kl"
 DIFFUSERS_KL = "diffusers_kl"
 ORIGINAL_DC = "original_dc_ae"
 DIFFUSERS_DC = "diffusers_dc_ae"
+DIFFUSERS_TINY = "diffusers_tiny"
 
 PathOrState = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
 def load_shipped_config(kind: str) -> dict:
-    """The diffusers config shipped in ``configs/`` for ``"sd_vae"``, ``"dc_ae"``, ``"demo_vae"`` (f8) or
-    ``"demo_vae_f4"`` (f4: 16x16 latents at 64 px, so that a small face's mouth spans several latents)."""
+    """The diffusers config shipped in ``configs/`` for ``"sd_vae"``, ``"dc_ae"``, ``"demo_vae"`` (f8),
+    ``"demo_vae_f4"`` (f4: 16x16 latents at 64 px, so that a small face's mouth spans several latents) or
+    ``"taef2"`` (AutoencoderTiny with pooled innermost blocks, 32 channels at f8)."""
     if kind not in SHIPPED_CONFIGS:
         raise ValueError(f"kind: expected one of {sorted(SHIPPED_CONFIGS)}, got {kind!r}")
     with open(CONFIG_DIR / SHIPPED_CONFIGS[kind], encoding="utf-8") as f:
@@ -86,15 +99,14 @@ def config_downscale_factor(config: Mapping[str, Any]) -> int:
 
 def build_vae(config: Mapping[str, Any], *, kind: Optional[str] = None, seed: Optional[int] = None) -> LatentCodec:
     """A freshly initialised VAE from a diffusers config dict (e.g. the demo VAE for the trainer)."""
-    cls = _vae_class(config)
     if seed is not None:
         torch.manual_seed(seed)
-    vae = cls.from_config(_strip_private(config))
-    return LatentCodec(vae, kind or _default_kind(cls.__name__, vae.config))
+    vae = _make_vae(config)
+    return LatentCodec(vae, kind or _default_kind(vae))
 
 
 def detect_vae_layout(keys) -> str:
-    """Which key layout a VAE state dict uses (one of ldm_kl, diffusers_kl, original_dc_ae, diffusers_dc_ae).
+    """Which key layout a VAE state dict uses (ldm_kl, diffusers_kl, original_dc_ae, diffusers_dc_ae, diffusers_tiny).
 
     Raises ValueError naming a few keys when it is none of them.
     """
@@ -109,12 +121,15 @@ def detect_vae_layout(keys) -> str:
         k.startswith("encoder.down_blocks.") for k in keys
     ):
         return DIFFUSERS_DC
+    if is_tiny_autoencoder_state(keys):
+        return DIFFUSERS_TINY
     sample = sorted(keys)[:6]
     raise ValueError(
         "not a VAE state dict this project knows: expected the LDM/CompVis AutoencoderKL layout "
         "('encoder.down.0.block.0.conv1.weight', ...), the diffusers AutoencoderKL layout "
-        "('encoder.down_blocks.0.resnets.0.conv1.weight', ...), or a DC-AE layout (original "
-        f"'encoder.project_in.*'/'decoder.stages.*' or diffusers AutoencoderDC); first keys found: {sample}"
+        "('encoder.down_blocks.0.resnets.0.conv1.weight', ...), a DC-AE layout (original "
+        "'encoder.project_in.*'/'decoder.stages.*' or diffusers AutoencoderDC) or the diffusers AutoencoderTiny "
+        f"layout ('encoder.layers.0.weight', ...: TAEF2); first keys found: {sample}"
     )
 
 
@@ -158,7 +173,12 @@ def load_vae(
             raise FileNotFoundError(
                 f"VAE not found: {path} (expected a diffusers folder or a .safetensors/.ckpt/.pt/.bin file)"
             )
-        if path.is_dir():
+        taef2_files = taef2_files_in(path)
+        if taef2_files is not None:
+            state = read_taef2_files(*taef2_files)
+            vae = _load_by_layout(state, {**load_shipped_config("taef2"), **(explicit_config or {})}, kind, source_name,
+                                  trust_config=True)
+        elif path.is_dir():
             vae = _vae_from_folder(path, explicit_config)
         else:
             state, meta = _read_weights_file(path)
@@ -173,7 +193,7 @@ def load_vae(
 
     codec = LatentCodec(
         vae,
-        CODEC_KIND_OF_CONFIG.get(kind, kind) or _default_kind(type(vae).__name__, vae.config),
+        CODEC_KIND_OF_CONFIG.get(kind, kind) or _default_kind(vae),
         scaling_factor=scaling_factor,
         chunk_size=chunk_size,
     )
@@ -202,9 +222,9 @@ def _vae_from_folder(path: Path, explicit_config: Optional[dict]):
     weights = [p for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".bin") and p.is_file()]
     if not weights:
         raise ValueError(f"VAE folder {folder} has a config.json but no .safetensors/.bin weights")
-    if explicit_config:
+    if explicit_config or cfg.get(MIDBLOCK_POOL_KEY):
         state, _ = _read_weights_file(weights[0])
-        return _instantiate(cls, cfg, state, str(folder))
+        return _instantiate(cfg, state, str(folder))
     try:
         return cls.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=True)
     except Exception as err:  # diffusers raises several types; re-raise with the folder named
@@ -237,6 +257,13 @@ def _load_by_layout(state: dict, cfg: Optional[dict], kind: Optional[str], sourc
     )
 
     layout = _detect_with_source(state, source)
+    if layout == DIFFUSERS_TINY:
+        if kind is not None and kind != "taef2":
+            raise ValueError(f"{source}: kind={kind!r} was asked for but the weights are an AutoencoderTiny (TAEF2)")
+        full = {**load_shipped_config("taef2"), **(cfg or {})}
+        if full.get("_class_name") != "AutoencoderTiny":
+            raise ValueError(f"{source}: config says {full['_class_name']} but the weights are an AutoencoderTiny")
+        return _instantiate(full, state, source)
     if layout in (LDM_KL, DIFFUSERS_KL):
         if kind == "dc_ae":
             raise ValueError(f"{source}: kind='dc_ae' was asked for but the weights are an AutoencoderKL ({layout})")
@@ -250,7 +277,7 @@ def _load_by_layout(state: dict, cfg: Optional[dict], kind: Optional[str], sourc
             raise ValueError(f"{source}: config says {full['_class_name']} but the weights are an AutoencoderKL")
         if layout == LDM_KL:
             state = convert_ldm_vae_checkpoint(state, full)
-        return _instantiate(_vae_class(full), full, state, source)
+        return _instantiate(full, state, source)
     # DC-AE
     if kind is not None and kind != "dc_ae":
         raise ValueError(f"{source}: kind={kind!r} was asked for but the weights are a DC-AE ({layout})")
@@ -259,12 +286,21 @@ def _load_by_layout(state: dict, cfg: Optional[dict], kind: Optional[str], sourc
         raise ValueError(f"{source}: config says {full['_class_name']} but the weights are a DC-AE")
     if layout == ORIGINAL_DC:
         state = convert_autoencoder_dc_checkpoint_to_diffusers(dict(state))
-    return _instantiate(_vae_class(full), full, state, source)
+    return _instantiate(full, state, source)
 
 
-def _instantiate(cls, cfg: dict, state: dict, source: str):
+def _make_vae(cfg: Mapping[str, Any], where: str = "config"):
+    """A randomly initialised VAE of the class and shape a diffusers config names."""
+    cls = _vae_class(cfg, where)
+    if cls.__name__ == "AutoencoderTiny":
+        return build_tiny_autoencoder(cfg)
+    return cls.from_config(_strip_private(cfg))
+
+
+def _instantiate(cfg: dict, state: dict, source: str):
+    cls = _vae_class(cfg)
     with torch.device("meta"):
-        vae = cls.from_config(_strip_private(cfg))
+        vae = _make_vae(cfg)
     expected = set(vae.state_dict().keys())
     found = set(state.keys())
     missing = sorted(expected - found)
@@ -349,7 +385,7 @@ def save_vae(codec_or_vae, path: Union[str, os.PathLike]) -> Path:
     else:
         if path.exists() and not path.is_dir():
             raise ValueError(f"save_vae: {path} exists and is not a folder (give a folder or a .safetensors path)")
-        vae.register_to_config(**{k: cfg[k] for k in ("scaling_factor", "shift_factor") if k in cfg})
+        vae.register_to_config(**{k: cfg[k] for k in ("scaling_factor", "shift_factor", MIDBLOCK_POOL_KEY) if k in cfg})
         vae.save_pretrained(str(path), safe_serialization=True)
     return path
 
@@ -362,7 +398,7 @@ def vae_bundle_entries(codec_or_vae) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def _vae_and_config(codec_or_vae):
-    from diffusers import AutoencoderDC, AutoencoderKL
+    from diffusers import AutoencoderDC, AutoencoderKL, AutoencoderTiny
 
     if isinstance(codec_or_vae, LatentCodec):
         vae = codec_or_vae.vae
@@ -370,12 +406,14 @@ def _vae_and_config(codec_or_vae):
         cfg["scaling_factor"] = codec_or_vae.scaling_factor
         if codec_or_vae.shift_factor and type(vae).__name__ == "AutoencoderKL":
             cfg["shift_factor"] = codec_or_vae.shift_factor
-    elif isinstance(codec_or_vae, (AutoencoderKL, AutoencoderDC)):
+    elif isinstance(codec_or_vae, (AutoencoderKL, AutoencoderDC, AutoencoderTiny)):
         vae = codec_or_vae
         cfg = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
         cfg["_class_name"] = type(vae).__name__
     else:
-        raise TypeError(f"expected a LatentCodec, AutoencoderKL or AutoencoderDC, got {type(codec_or_vae).__name__}")
+        raise TypeError(f"expected a LatentCodec, AutoencoderKL, AutoencoderDC or AutoencoderTiny, got {type(codec_or_vae).__name__}")
+    if has_midblock_pool(vae):
+        cfg[MIDBLOCK_POOL_KEY] = True
     return vae, json.loads(json.dumps(cfg, default=list))
 
 
@@ -456,25 +494,28 @@ def _parse_json_meta(text: str, key: str, source: str) -> dict:
 
 
 def _vae_class(cfg: Mapping[str, Any], where: str = "config"):
-    from diffusers import AutoencoderDC, AutoencoderKL
+    from diffusers import AutoencoderDC, AutoencoderKL, AutoencoderTiny
 
     name = cfg.get("_class_name", "AutoencoderKL")
-    classes = {"AutoencoderKL": AutoencoderKL, "AutoencoderDC": AutoencoderDC}
+    classes = {"AutoencoderKL": AutoencoderKL, "AutoencoderDC": AutoencoderDC, "AutoencoderTiny": AutoencoderTiny}
     if name not in classes:
         raise ValueError(f"{where}: _class_name {name!r} is not a supported VAE; expected one of {sorted(classes)}")
     return classes[name]
 
 
-def _default_kind(class_name: str, cfg) -> str:
+def _default_kind(vae) -> str:
+    class_name, cfg = type(vae).__name__, vae.config
     if class_name == "AutoencoderDC":
         return "dc_ae"
+    if class_name == "AutoencoderTiny":
+        return "taef2"
     sd = load_shipped_config("sd_vae")
     same = list(cfg.get("block_out_channels", [])) == sd["block_out_channels"] and cfg.get("latent_channels") == 4
     return "sd_vae" if same else "demo_vae"
 
 
 def _strip_private(cfg: Mapping[str, Any]) -> dict:
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and k != MIDBLOCK_POOL_KEY}
 
 
 def _short_config(cfg: Mapping[str, Any]) -> str:

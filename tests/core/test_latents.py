@@ -390,7 +390,7 @@ def test_latent_channel_checks_and_input_errors():
         codec.decode(torch.zeros(1, 4, 8, 8), chunk_size=0)
     with pytest.raises(ValueError, match="empty batch"):
         codec.decode(torch.zeros(0, 4, 8, 8))
-    with pytest.raises(TypeError, match="AutoencoderKL or AutoencoderDC"):
+    with pytest.raises(TypeError, match="AutoencoderKL, AutoencoderDC or AutoencoderTiny"):
         LatentCodec(torch.nn.Linear(2, 2), "demo_vae")
     with pytest.raises(ValueError, match="needs an AutoencoderDC"):
         LatentCodec(_tiny_kl(), "dc_ae")
