@@ -25,6 +25,9 @@ def add_parser(subparsers) -> None:
                          help="do not detect faces; centre-crop every video (implies --on-no-face center)")
     prepare.add_argument("--margin", type=float, default=0.5,
                          help="fraction of the face size added on every side of the face box (default 0.5)")
+    prepare.add_argument("--holdout-fraction", type=float, default=0.25,
+                         help="share of each folder's clips held out of training for evaluation (default 0.25; "
+                              "folders of fewer than 4 clips are all trained on); the manifest records the split")
     prepare.set_defaults(func=run_prepare)
 
     train = subparsers.add_parser(
@@ -62,7 +65,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         report = prepare_dataset(
             args.videos, args.out, fps=args.fps, size=args.size, audio_encoder=args.audio_encoder, vae=args.vae,
             on_no_face="center" if args.no_face_detection else args.on_no_face,
-            detector="none" if args.no_face_detection else "mtcnn", margin=args.margin, progress=progress)
+            detector="none" if args.no_face_detection else "mtcnn", margin=args.margin,
+            holdout_fraction=args.holdout_fraction, progress=progress)
     finally:
         bar.close()
     print(report.summary())

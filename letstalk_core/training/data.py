@@ -79,9 +79,11 @@ class PreparedSource:
         if resolution is not None and self.manifest["size"] != resolution:
             raise ValueError(f"{str(self.folder)!r} holds {self.manifest['size']} px frames but the config asks for "
                              f"data.resolution {resolution}; prepare with --size {resolution} or change the config")
-        self.entries = list(self.manifest["videos"])
+        # clips the split holds out are never trained on (manifests written before the split have none)
+        self.entries = [entry for entry in self.manifest["videos"] if entry.get("split", "train") == "train"]
         if not self.entries:
-            raise ValueError(f"{str(self.folder)!r} holds no prepared videos (see its manifest's 'skipped' list)")
+            raise ValueError(f"{str(self.folder)!r} holds no prepared videos to train on (see its manifest's "
+                             "'skipped' list and its 'split')")
         encoder = self.manifest["audio_encoder"]
         self.num_layers, self.feature_dim = int(encoder["num_layers"]), int(encoder["feature_dim"])
         self.fps = int(self.manifest["fps"])

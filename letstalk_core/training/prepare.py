@@ -13,7 +13,10 @@ For every video under ``--videos`` (mp4, mov, mkv, avi, webm; searched recursive
 5. optionally encode the frames with a VAE (``vae``) to latents ``[N, C, h, w]``.
 
 Each video becomes one shard ``shards/<index>.safetensors`` (``frames``, ``audio_features``, ``audio``,
-optionally ``latents``); ``manifest.json`` lists the shards and the videos that were skipped and why.
+optionally ``latents``); ``manifest.json`` lists the shards, the videos that were skipped and why, and the
+split: which clips are held out of training (``split`` on each entry, the rule in ``manifest["split"]``).
+Crops stay inside the picture (black letterbox bars are found and left out); a picture smaller than
+``size``, a silent track or no audio track skips the video with its reason.
 Broken or face-less videos are reported, never fatal. The manifest is rewritten after every video, so
 an interrupted run resumes where it stopped: a rerun skips videos already in the manifest (and tries
 the skipped ones again).
@@ -21,6 +24,7 @@ the skipped ones again).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,13 +43,15 @@ from ..video import iter_video_frames
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 SAMPLE_RATE = 16_000
 ON_NO_FACE = ("skip", "center")
 DETECTION_FPS = 1  # frames per second looked at by the face detector
 MAX_DETECTION_FRAMES = 16
+MIN_CLIPS_TO_HOLD_OUT = 4  # a folder of fewer clips is one long recording or a handful: all of it trains
+SILENCE_PEAK = 10 ** (-60 / 20)  # a track whose loudest sample stays under -60 dBFS holds no speech
 
 
 class VideoSkipped(Exception):
@@ -102,8 +108,8 @@ def _save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 
 # ---- decoding and cropping -----------------------------------------------------------------------
-def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, min_probability: float = 0.9):
-    """One square crop box for the whole video and whether it comes from a detected face."""
+def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, size: int, min_probability: float = 0.9):
+    """One square crop box for the whole video (inside its picture area) and whether it comes from a detected face."""
     from ..latents import center_crop_box, detect_face, face_crop_box
 
     frames = [frame for chunk in iter_video_frames(path, 32, fps=DETECTION_FPS) for frame in chunk]
@@ -113,22 +119,44 @@ def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, min
         picks = np.linspace(0, len(frames) - 1, MAX_DETECTION_FRAMES).round().astype(int)
         frames = [frames[i] for i in picks]
     height, width = frames[0].shape[:2]
+    top, bottom, left, right = picture_area(frames)
+    if min(bottom - top, right - left) < size:
+        raise VideoSkipped(f"picture is {right - left}x{bottom - top} px (without black borders), smaller than the "
+                           f"{size} px crop the model needs; use footage of at least {size}x{size} px")
     boxes = []
     if detector is not None and detector != "none":
         for frame in frames:
             box = detect_face(torch.from_numpy(frame).float() / 255.0, detector=detector, min_probability=min_probability)
             if box is not None:
                 boxes.append(box)
+    area = (bottom - top, right - left)
     if not boxes:
         if on_no_face == "skip":
             raise VideoSkipped(f"no face found in {len(frames)} sampled frame(s) "
                                "(use on_no_face='center' / --on-no-face center to centre-crop instead)")
-        return center_crop_box((height, width)), False
-    centre_x = statistics.median((b[0] + b[2]) / 2 for b in boxes)
-    centre_y = statistics.median((b[1] + b[3]) / 2 for b in boxes)
+        x0, y0, x1, y1 = center_crop_box(area)
+        return (x0 + left, y0 + top, x1 + left, y1 + top), False
+    centre_x = statistics.median((b[0] + b[2]) / 2 for b in boxes) - left
+    centre_y = statistics.median((b[1] + b[3]) / 2 for b in boxes) - top
     side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)  # the largest face, so head motion stays inside
     face = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
-    return face_crop_box(face, (height, width), margin=margin, fit="shift"), True
+    # the square stays inside the picture: letterbox or pillarbox bars never enter the crop
+    x0, y0, x1, y1 = face_crop_box(face, area, margin=margin, fit="shift")
+    return (x0 + left, y0 + top, x1 + left, y1 + top), True
+
+
+def picture_area(frames: list[np.ndarray], threshold: float = 20.0) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the picture inside black letterbox/pillarbox bars.
+
+    A row (column) at an edge belongs to a bar when its brightest pixel stays below ``threshold`` (of 255) in
+    every sampled frame; only edge bars are trimmed, so a dark background inside the picture is kept.
+    """
+    brightest = np.max(np.stack([frame.max(axis=2) for frame in frames]), axis=0).astype(np.float32)  # [H, W]
+    rows = np.flatnonzero(brightest.max(axis=1) >= threshold)
+    cols = np.flatnonzero(brightest.max(axis=0) >= threshold)
+    if rows.size == 0 or cols.size == 0:
+        raise VideoSkipped("every sampled frame is black")
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def crop_frames(path: Path, crop_box, size: int, fps: float) -> torch.Tensor:
@@ -160,15 +188,19 @@ def prepare_video(path: Path, *, fps: int, size: int, encoder, codec, detector, 
         raise VideoSkipped(f"no audio: {error}") from None
     except RuntimeError as error:
         raise VideoSkipped(f"broken file: {str(error).strip().splitlines()[-1]}") from None
-    try:
-        crop_box, face_detected = stable_crop_box(path, detector, margin=margin, on_no_face=on_no_face)
-        frames = crop_frames(path, crop_box, size, fps)  # [N, S, S, 3]
-    except (RuntimeError, OSError, StopIteration) as error:
-        raise VideoSkipped(f"broken file: {str(error).strip().splitlines()[-1] if str(error) else type(error).__name__}") from None
     speech = MonoAudio(samples=torch.from_numpy(samples[:, 0]).contiguous(), sample_rate=SAMPLE_RATE,
                        source=f"audio of {path.name}")
     if speech.num_samples * fps < SAMPLE_RATE:
         raise VideoSkipped(f"audio track shorter than one frame ({speech.seconds * 1000:.0f} ms)")
+    peak = float(speech.samples.abs().max())
+    if peak < SILENCE_PEAK:
+        raise VideoSkipped(f"silent audio track (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS): "
+                           "nothing for the mouth to follow")
+    try:
+        crop_box, face_detected = stable_crop_box(path, detector, margin=margin, on_no_face=on_no_face, size=size)
+        frames = crop_frames(path, crop_box, size, fps)  # [N, S, S, 3]
+    except (RuntimeError, OSError, StopIteration) as error:
+        raise VideoSkipped(f"broken file: {str(error).strip().splitlines()[-1] if str(error) else type(error).__name__}") from None
     features = encode_audio(speech, encoder, fps=fps)  # AudioFeatures, [Na, L, D]
     num_frames = min(int(frames.shape[0]), features.num_frames)
     if num_frames < min_frames:
@@ -214,12 +246,14 @@ def prepare_dataset(
     detector: Any = "mtcnn",
     margin: float = 0.5,
     min_frames: int = 2,
+    holdout_fraction: float = 0.25,
     progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> PrepareReport:
     """Prepare every video under ``videos_dir`` into ``out_dir`` (see the module docstring).
 
     ``detector``: "mtcnn", "none" (centre crop for all, needs ``on_no_face="center"``) or a callable
-    ``uint8 [H, W, 3] -> [((x0, y0, x1, y1), probability), ...]``. ``progress(done, total, name)`` is
+    ``uint8 [H, W, 3] -> [((x0, y0, x1, y1), probability), ...]``. ``holdout_fraction``: the share of each
+    folder's clips held out of training (see :func:`split_clips`). ``progress(done, total, name)`` is
     called after each video.
     """
     from ..audio import load_audio_encoder
@@ -229,6 +263,9 @@ def prepare_dataset(
         raise ValueError(f"fps must be a positive integer frame rate, got {fps!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8:
         raise ValueError(f"size must be an integer >= 8 and a multiple of 8 (the VAE downscale), got {size!r}")
+    if isinstance(holdout_fraction, bool) or not isinstance(holdout_fraction, (int, float)) or not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be a number in [0, 1) (the share of each folder's clips kept out of "
+                         f"training), got {holdout_fraction!r}")
     if on_no_face not in ON_NO_FACE:
         raise ValueError(f"on_no_face must be one of {list(ON_NO_FACE)}, got {on_no_face!r}")
     if (detector is None or detector == "none") and on_no_face == "skip":
@@ -283,5 +320,29 @@ def prepare_dataset(
             _write_json_atomic(manifest_path, manifest)
         if progress is not None:
             progress(position + 1, len(videos), name)
+    heldout = split_clips([entry["name"] for entry in manifest["videos"]], holdout_fraction)
+    for entry in manifest["videos"]:
+        entry["split"] = "heldout" if entry["name"] in heldout else "train"
+    manifest["split"] = {"holdout_fraction": holdout_fraction, "rule": SPLIT_RULE, "heldout": sorted(heldout)}
     _write_json_atomic(manifest_path, manifest)
     return report
+
+
+SPLIT_RULE = ("clips are grouped by the folder they are in (one speaker or one recording session); in every folder "
+              f"of at least {MIN_CLIPS_TO_HOLD_OUT} prepared clips, round(holdout_fraction x clips) of them, those "
+              "whose names have the smallest SHA-1, are held out: the trainer never reads them, evaluation uses them. "
+              "One sentence per clip (as GRID and most corpora record them) makes this a split by sentence.")
+
+
+def split_clips(names: list[str], holdout_fraction: float) -> set[str]:
+    """The clip names held out of training: per folder, by the rule in :data:`SPLIT_RULE` (deterministic, so a
+    rerun over the same clips gives the same split)."""
+    folders: dict[str, list[str]] = {}
+    for name in names:
+        folders.setdefault(name.rpartition("/")[0], []).append(name)
+    heldout: set[str] = set()
+    for clips in folders.values():
+        if len(clips) >= MIN_CLIPS_TO_HOLD_OUT:
+            count = round(holdout_fraction * len(clips))
+            heldout.update(sorted(clips, key=lambda n: hashlib.sha1(n.encode("utf-8")).hexdigest())[:count])
+    return heldout

@@ -174,3 +174,68 @@ def test_prepare_cli_and_bad_inputs(videos, tmp_path, capsys):
         prepare_dataset(videos, out, size=30)
     with pytest.raises(ValueError, match="on_no_face"):
         prepare_dataset(videos, out, size=32, detector="none")
+
+
+def _letterboxed_face_video(path, identity_seed: int, *, bar: int = 40, silent: bool = False) -> None:
+    """A 300x280 frame with black bars of ``bar`` px above and below a 300x200 picture holding a face."""
+    fps = 25
+    face = render_face(sample_identity(identity_seed), size=128)  # [128, 128, 3]
+    frames = np.zeros((int(SECONDS * fps), 200 + 2 * bar, 300, 3), np.uint8)  # [N, H, W, 3]
+    frames[:, bar:bar + 200] = (40, 60, 80)
+    x0, y0, x1, y1 = FACE_BOX
+    frames[:, bar + y0:bar + y1, x0:x1] = face
+    audio = np.zeros(int(SECONDS * 16_000), np.float32) if silent else _speech_like(SECONDS, seed=identity_seed)
+    write_mp4(path, frames, fps, audio=audio, sample_rate=16_000)
+
+
+@pytest.mark.skipif(not HAS_MTCNN, reason="face detection needs facenet-pytorch")
+def test_prepare_keeps_black_bars_out_and_reports_small_and_silent_videos(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _letterboxed_face_video(folder / "letterboxed.mp4", 2)
+    _letterboxed_face_video(folder / "silent.mp4", 3, silent=True)
+    small = np.full((int(SECONDS * 25), 48, 64, 3), 120, np.uint8)
+    write_mp4(folder / "small.mp4", small, 25, audio=_speech_like(SECONDS), sample_rate=16_000)
+    write_mp4(folder / "mute.mp4", small, 25)  # no audio track at all
+    report = prepare_dataset(folder, tmp_path / "out", size=64, margin=1.5)
+    reasons = dict(report.skipped)
+    assert report.prepared == ["letterboxed.mp4"]
+    assert "silent audio track" in reasons["silent.mp4"]
+    assert "picture is 64x48 px" in reasons["small.mp4"] and "smaller than the 64 px crop" in reasons["small.mp4"]
+    assert "no audio" in reasons["mute.mp4"]
+    (entry,) = read_manifest(tmp_path / "out")["videos"]
+    x0, y0, x1, y1 = entry["crop_box"]
+    # a square of 4x the face (~244 px) would reach into both bars of the 280 px frame: it shrinks to the
+    # 200 px picture between them
+    assert (y0, y1) == (40, 240) and x1 - x0 == 200
+    with safe_open(str(tmp_path / "out" / entry["shard"]), framework="pt") as shard:
+        frames = shard.get_tensor("frames")
+    assert frames[:, :2].float().mean() > 30  # the top rows are the picture, not a black bar
+
+
+def test_split_holds_out_clips_per_folder_and_training_never_reads_them(tmp_path):
+    folder = tmp_path / "videos"
+    (folder / "speaker_a").mkdir(parents=True)
+    (folder / "long_talk").mkdir()
+    wall = np.full((int(SECONDS * 25), 64, 64, 3), 120, np.uint8)
+    names = [f"speaker_a/s{i}.mp4" for i in range(8)] + ["long_talk/part1.mp4"]
+    for i, name in enumerate(names):
+        write_mp4(folder / name, wall, 25, audio=_speech_like(SECONDS, seed=i), sample_rate=16_000)
+    out = tmp_path / "out"
+    prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.25)
+    manifest = read_manifest(out)
+    heldout = manifest["split"]["heldout"]
+    # 2 of the 8 clips of speaker_a; the folder with one clip trains entirely
+    assert len(heldout) == 2 and all(name.startswith("speaker_a/") for name in heldout)
+    assert "split by sentence" in manifest["split"]["rule"]
+    assert {e["name"] for e in manifest["videos"] if e["split"] == "heldout"} == set(heldout)
+    source = PreparedSource(out)
+    assert len(source) == 7 and not {e["name"] for e in source.entries} & set(heldout)
+    # the same clips give the same split on a rerun, and a rerun with another fraction moves it
+    prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.25)
+    assert read_manifest(out)["split"]["heldout"] == heldout
+    prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.0)
+    assert read_manifest(out)["split"]["heldout"] == [] and len(PreparedSource(out)) == 9
+    for bad in (-0.1, 1.0, "a quarter", True):
+        with pytest.raises(ValueError, match=r"holdout_fraction must be a number in \[0, 1\)"):
+            prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=bad)
