@@ -25,9 +25,11 @@ from .portrait import (
     center_crop_box,
     crop_and_resize,
     detect_face,
+    detect_face_landmarks,
     encode_portrait,
     face_crop_box,
     load_image,
+    mouth_box_in_crop,
     paste_back,
     prepare_portrait,
 )
@@ -52,9 +54,11 @@ __all__ = [
     "center_crop_box",
     "crop_and_resize",
     "detect_face",
+    "detect_face_landmarks",
     "encode_portrait",
     "face_crop_box",
     "load_image",
+    "mouth_box_in_crop",
     "paste_back",
     "prepare_portrait",
 ]

@@ -208,12 +208,17 @@ class MTCNNFaceDetector:
         self._mtcnn = MTCNN(keep_all=True, device=torch.device(device), min_face_size=min_face_size)
 
     def __call__(self, image_uint8: np.ndarray) -> list[tuple[FaceBox, float]]:
-        boxes, probs = self._mtcnn.detect(image_uint8)
+        return [(box, prob) for box, prob, _ in self.detect_with_landmarks(image_uint8)]
+
+    def detect_with_landmarks(self, image_uint8: np.ndarray) -> list[tuple[FaceBox, float, np.ndarray]]:
+        """Faces with MTCNN's five landmarks ``[5, 2]`` (x, y): left eye, right eye, nose, mouth corners."""
+        boxes, probs, points = self._mtcnn.detect(image_uint8, landmarks=True)
         if boxes is None:
             return []
         return [
-            (tuple(float(v) for v in box), float(prob))
-            for box, prob in zip(np.asarray(boxes, dtype=np.float64), np.asarray(probs, dtype=np.float64))
+            (tuple(float(v) for v in box), float(prob), np.asarray(landmarks, dtype=np.float64))
+            for box, prob, landmarks in zip(np.asarray(boxes, dtype=np.float64), np.asarray(probs, dtype=np.float64),
+                                            points)
         ]
 
 
@@ -239,16 +244,49 @@ def detect_face(
 
     Raises :class:`FaceDetectionUnavailable` when ``detector="mtcnn"`` and facenet-pytorch is missing.
     """
+    face = detect_face_landmarks(image, detector=detector, min_probability=min_probability)
+    return None if face is None else face[0]
+
+
+def detect_face_landmarks(
+    image: torch.Tensor, *, detector: Union[str, Detector, None] = "mtcnn", min_probability: float = 0.9
+) -> Optional[tuple[FaceBox, Optional[np.ndarray]]]:
+    """The largest face in ``image`` ``[H, W, 3]`` (0..1) and its five landmarks ``[5, 2]`` (left eye, right
+    eye, nose, left and right mouth corner; None from a detector that gives boxes only), or None."""
     found = _resolve_detector(detector)
     if found is None:
         return None
     image_uint8 = (image.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()  # [H, W, 3]
-    faces = [(box, p) for box, p in found(image_uint8) if p >= min_probability]
-    faces = [(box, p) for box, p in faces if box[2] > box[0] and box[3] > box[1]]
+    if hasattr(found, "detect_with_landmarks"):
+        faces = list(found.detect_with_landmarks(image_uint8))
+    else:
+        faces = [(box, p, None) for box, p in found(image_uint8)]
+    faces = [f for f in faces if f[1] >= min_probability and f[0][2] > f[0][0] and f[0][3] > f[0][1]]
     if not faces:
         return None
-    box, _ = max(faces, key=lambda bp: (bp[0][2] - bp[0][0]) * (bp[0][3] - bp[0][1]))
-    return box
+    box, _, landmarks = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+    return box, landmarks
+
+
+def mouth_box_in_crop(landmarks: np.ndarray, crop_box: CropBox) -> tuple[float, float, float, float]:
+    """The mouth's box as fractions ``(top, bottom, left, right)`` of a square crop, from MTCNN's landmarks
+    ``[..., 5, 2]`` (several frames' are reduced by their median).
+
+    Anchored on the mouth corners: 1.5x the corner distance wide, from 0.35x above the corners' line to 0.65x
+    below it (an open jaw drops the lower lip by about half the mouth's width), clipped to the crop.
+    """
+    points = np.median(np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2), axis=0)  # [5, 2]
+    (lx, ly), (rx, ry) = points[3], points[4]
+    width = max(float(np.hypot(rx - lx, ry - ly)), 1.0)
+    cx, cy = (lx + rx) / 2.0, (ly + ry) / 2.0
+    x0, y0, x1, y1 = crop_box
+    side = float(x1 - x0)
+
+    def fraction(value: float, origin: float) -> float:
+        return min(max((value - origin) / side, 0.0), 1.0)
+
+    return (fraction(cy - 0.35 * width, y0), fraction(cy + 0.65 * width, y0),
+            fraction(cx - 0.75 * width, x0), fraction(cx + 0.75 * width, x0))
 
 
 # ---------------------------------------------------------------------------------------------- boxes

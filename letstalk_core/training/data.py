@@ -105,9 +105,10 @@ class PreparedSource:
             raise FileNotFoundError(f"shard {str(path)!r} of video {entry['name']!r} is missing; rerun prepare")
         with safe_open(str(path), framework="pt") as shard:
             features = shard.get_tensor("audio_features")  # [N, L, D]
+            mouth_box = tuple(entry["mouth_box"]) if entry.get("mouth_box") else None
             if self.use_latents:
-                return VideoRecord(entry["name"], features, latents=shard.get_tensor("latents"))
-            return VideoRecord(entry["name"], features, frames=shard.get_tensor("frames"))
+                return VideoRecord(entry["name"], features, latents=shard.get_tensor("latents"), mouth_box=mouth_box)
+            return VideoRecord(entry["name"], features, frames=shard.get_tensor("frames"), mouth_box=mouth_box)
 
 
 class SyntheticSource:

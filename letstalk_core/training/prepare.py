@@ -109,8 +109,9 @@ def _save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 # ---- decoding and cropping -----------------------------------------------------------------------
 def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, size: int, min_probability: float = 0.9):
-    """One square crop box for the whole video (inside its picture area) and whether it comes from a detected face."""
-    from ..latents import center_crop_box, detect_face, face_crop_box
+    """One square crop box for the whole video (inside its picture area), whether it comes from a detected face,
+    and the mouth's box in it (fractions top, bottom, left, right; None without landmarks)."""
+    from ..latents import center_crop_box, detect_face_landmarks, face_crop_box, mouth_box_in_crop
 
     frames = [frame for chunk in iter_video_frames(path, 32, fps=DETECTION_FPS) for frame in chunk]
     if not frames:
@@ -123,26 +124,30 @@ def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, siz
     if min(bottom - top, right - left) < size:
         raise VideoSkipped(f"picture is {right - left}x{bottom - top} px (without black borders), smaller than the "
                            f"{size} px crop the model needs; use footage of at least {size}x{size} px")
-    boxes = []
+    boxes, landmarks = [], []
     if detector is not None and detector != "none":
         for frame in frames:
-            box = detect_face(torch.from_numpy(frame).float() / 255.0, detector=detector, min_probability=min_probability)
-            if box is not None:
-                boxes.append(box)
+            face = detect_face_landmarks(torch.from_numpy(frame).float() / 255.0, detector=detector,
+                                         min_probability=min_probability)
+            if face is not None:
+                boxes.append(face[0])
+                if face[1] is not None:
+                    landmarks.append(face[1])
     area = (bottom - top, right - left)
     if not boxes:
         if on_no_face == "skip":
             raise VideoSkipped(f"no face found in {len(frames)} sampled frame(s) "
                                "(use on_no_face='center' / --on-no-face center to centre-crop instead)")
         x0, y0, x1, y1 = center_crop_box(area)
-        return (x0 + left, y0 + top, x1 + left, y1 + top), False
+        return (x0 + left, y0 + top, x1 + left, y1 + top), False, None
     centre_x = statistics.median((b[0] + b[2]) / 2 for b in boxes) - left
     centre_y = statistics.median((b[1] + b[3]) / 2 for b in boxes) - top
     side = max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)  # the largest face, so head motion stays inside
     face = (centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2)
     # the square stays inside the picture: letterbox or pillarbox bars never enter the crop
     x0, y0, x1, y1 = face_crop_box(face, area, margin=margin, fit="shift")
-    return (x0 + left, y0 + top, x1 + left, y1 + top), True
+    crop_box = (x0 + left, y0 + top, x1 + left, y1 + top)
+    return crop_box, True, mouth_box_in_crop(np.stack(landmarks), crop_box) if landmarks else None
 
 
 def picture_area(frames: list[np.ndarray], threshold: float = 20.0) -> tuple[int, int, int, int]:
@@ -197,7 +202,8 @@ def prepare_video(path: Path, *, fps: int, size: int, encoder, codec, detector, 
         raise VideoSkipped(f"silent audio track (peak {20 * math.log10(max(peak, 1e-12)):.0f} dBFS): "
                            "nothing for the mouth to follow")
     try:
-        crop_box, face_detected = stable_crop_box(path, detector, margin=margin, on_no_face=on_no_face, size=size)
+        crop_box, face_detected, mouth_box = stable_crop_box(path, detector, margin=margin, on_no_face=on_no_face,
+                                                             size=size)
         frames = crop_frames(path, crop_box, size, fps)  # [N, S, S, 3]
     except (RuntimeError, OSError, StopIteration) as error:
         raise VideoSkipped(f"broken file: {str(error).strip().splitlines()[-1] if str(error) else type(error).__name__}") from None
@@ -219,6 +225,9 @@ def prepare_video(path: Path, *, fps: int, size: int, encoder, codec, detector, 
         "num_frames": num_frames,
         "crop_box": [int(v) for v in crop_box],
         "face_detected": bool(face_detected),
+        # where the mouth is in the crop (fractions top, bottom, left, right, from the face landmarks), for
+        # training's mouth-weighted loss and evaluation's lip-sync measure; None where no landmarks were found
+        "mouth_box": None if mouth_box is None else [round(v, 4) for v in mouth_box],
     }
     return tensors, entry
 

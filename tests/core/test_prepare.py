@@ -16,7 +16,7 @@ from letstalk_core.latents import build_vae, load_shipped_config, save_vae
 from letstalk_core.training.config import config_from_dict
 from letstalk_core.training.data import ClipDataset, PreparedSource
 from letstalk_core.training.prepare import prepare_dataset, read_manifest
-from letstalk_core.training.synthetic import render_face, sample_identity
+from letstalk_core.training.synthetic import mouth_box_fraction, render_face, sample_identity
 from letstalk_core.training.trainer import TransformerTrainer
 from letstalk_core.video import write_mp4
 
@@ -24,6 +24,7 @@ HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None  # MTCNN, th
 
 SECONDS = 1.2
 FACE_BOX = (100, 40, 228, 168)  # x0, y0, x1, y1 of the rendered 128 px face inside the 300x200 canvas
+IDENTITIES = {"alice.mp4": 0, "nested/bob.mp4": 1}  # the identity seed each face video is rendered with
 
 
 def _speech_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
@@ -47,9 +48,9 @@ def _face_video(path, identity_seed: int, fps: int = 30) -> None:
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
-    _face_video(folder / "alice.mp4", 0)
     (folder / "nested").mkdir()
-    _face_video(folder / "nested" / "bob.mp4", 1)
+    for name, seed in IDENTITIES.items():
+        _face_video(folder / name, seed)
     rng = np.random.default_rng(5)
     wall = np.clip(rng.normal(128, 6, (int(SECONDS * 25), 96, 128, 3)), 0, 255).astype(np.uint8)  # [N, H, W, 3]
     write_mp4(folder / "wall.mp4", wall, 25, audio=_speech_like(SECONDS, seed=9), sample_rate=16_000)
@@ -87,6 +88,13 @@ def test_prepare_skips_broken_and_faceless_and_resumes(videos, tmp_path, tiny_va
         assert x1 - x0 == y1 - y0  # square
         centre = ((x0 + x1) / 2, (y0 + y1) / 2)
         assert FACE_BOX[0] < centre[0] < FACE_BOX[2] and FACE_BOX[1] < centre[1] < FACE_BOX[3]
+        # the mouth box from the face landmarks holds the renderer's own mouth centre
+        truth_top, truth_bottom, truth_left, truth_right = mouth_box_fraction(sample_identity(IDENTITIES[entry["name"]]))
+        side = x1 - x0
+        truth_y = (FACE_BOX[1] + 128 * (truth_top + truth_bottom) / 2 - y0) / side
+        truth_x = (FACE_BOX[0] + 128 * (truth_left + truth_right) / 2 - x0) / side
+        top, bottom, left, right = entry["mouth_box"]
+        assert top < truth_y < bottom and left < truth_x < right, (entry["mouth_box"], truth_y, truth_x)
         with safe_open(str(out / entry["shard"]), framework="pt") as shard:
             frames = shard.get_tensor("frames")
             features = shard.get_tensor("audio_features")
@@ -124,6 +132,7 @@ def test_prepare_skips_broken_and_faceless_and_resumes(videos, tmp_path, tiny_va
     assert tuple(sample.clip.shape) == (8, 4, 8, 8) and tuple(sample.memory.shape) == (2, 4, 8, 8)
     assert not (sample.start <= sample.reference_index < sample.start + 8)
     assert tuple(sample.audio_windows.shape) == (8, 5, 1, 80)
+    assert sample.mouth_box == tuple(source.entries[0]["mouth_box"])  # for the mouth-weighted loss
 
     # and the trainer trains on them, from pixels and from the cached latents
     for cached in (False, True):
