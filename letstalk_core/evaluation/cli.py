@@ -33,6 +33,13 @@ def add_parser(subparsers) -> None:
                     "to their targets.",
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the bundled demo model)")
+    parser.add_argument("--videos", type=Path, default=None,
+                        help="evaluate on real footage instead: a folder of talking-face videos, or a folder written "
+                             "by `prepare` (its held-out clips); each clip's first frame is the portrait, its own "
+                             "speech the audio, and the made video is compared with the real one")
+    parser.add_argument("--max-clips", type=int, default=None, help="with --videos: evaluate at most this many clips")
+    parser.add_argument("--margin", type=float, default=0.3,
+                        help="with a folder of videos: the face crop's margin, as `prepare --margin` (default 0.3)")
     parser.add_argument("--audio", nargs="+", default=None,
                         help="speech files to use instead of held-out espeak-ng speech (paired with identities in turn)")
     parser.add_argument("--identities", type=_identities, default=4,
@@ -106,6 +113,8 @@ def run(args) -> int:
         else:
             print(message, flush=True)
 
+    if args.videos is not None:
+        return _run_videos(args, bar, progress, log)
     try:
         result = evaluate_checkpoint(
             args.checkpoint, identities=args.identities, seconds=args.seconds, audio=args.audio,
@@ -121,6 +130,24 @@ def run(args) -> int:
         if bar is not None:
             bar.close()
     print(format_report(result))
+    if args.json is not None:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0
+
+
+def _run_videos(args, bar, progress, log) -> int:
+    from .real import evaluate_videos, format_real_report
+
+    try:
+        result = evaluate_videos(
+            args.videos, args.checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed,
+            audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg, overlap_frames=args.overlap_frames,
+            max_clips=args.max_clips, margin=args.margin, vae=args.vae, audio_encoder=args.audio_encoder,
+            progress=None if bar is None else progress, log=log)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_real_report(result))
     if args.json is not None:
         print(f"wrote {write_json(result, args.json)}")
     return 0

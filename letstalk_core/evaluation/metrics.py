@@ -69,6 +69,33 @@ def pearson(a, b) -> float:
     return float((a * b).sum() / norm)
 
 
+def sync_correlation(made, truth, *, detrend_frames: int = 15, max_lag: int = 2) -> float:
+    """Lip sync between two per-frame mouth signals of one clip: each loses its ``detrend_frames`` moving
+    average (slow changes of lighting or pose are not speech), then the Pearson correlation at the best
+    lag within ``+-max_lag`` frames (a frame or two of audio-visual offset is not a sync error).
+
+    The two signals are cut to the shorter one; NaN when fewer than ``detrend_frames`` frames remain."""
+    a = np.asarray(made, dtype=np.float64).reshape(-1)
+    b = np.asarray(truth, dtype=np.float64).reshape(-1)
+    length = min(a.shape[0], b.shape[0])
+    if length < max(detrend_frames, 2 * max_lag + 3):
+        return float("nan")
+    a, b = a[:length], b[:length]
+
+    def detrend(x: np.ndarray) -> np.ndarray:
+        padded = np.pad(x, detrend_frames // 2, mode="edge")
+        return x - np.convolve(padded, np.ones(detrend_frames) / detrend_frames, mode="valid")[:length]
+
+    a, b = detrend(a), detrend(b)
+    best = float("nan")
+    for lag in range(-max_lag, max_lag + 1):
+        x, y = (a[lag:], b[:length - lag]) if lag >= 0 else (a[:lag], b[-lag:])
+        r = pearson(x, y)
+        if not math.isnan(r) and (math.isnan(best) or r > best):
+            best = r
+    return best
+
+
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)

@@ -158,11 +158,11 @@ def _portrait(identity_seed: int, size: int) -> np.ndarray:
 
 def _generate(pipe, portrait: np.ndarray, speech: np.ndarray, *, sampler: str, steps: int, seed: int,
               counter: _StepCounter, on_chunk: Optional[Callable[[torch.Tensor], None]] = None,
-              keep: bool = True, audio_cfg: float = 1.0, portrait_cfg: float = 1.0, overlap_frames: int = 0
-              ) -> tuple[Optional[torch.Tensor], float]:
-    """Generate the video for ``speech``; returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
+              keep: bool = True, audio_cfg: float = 1.0, portrait_cfg: float = 1.0, overlap_frames: int = 0,
+              fps: int = FPS) -> tuple[Optional[torch.Tensor], float]:
+    """Generate the video for ``speech`` (16 kHz); returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
     started = time.perf_counter()
-    conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=FPS, crop=False, sample_rate=SAMPLE_RATE)
+    conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=fps, crop=False, sample_rate=SAMPLE_RATE)
     kept = []
     for chunk in pipe.iter_frames(conditions, sampler=sampler, steps=steps, seed=seed, progress=counter.video(),
                                   audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames):

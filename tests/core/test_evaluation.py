@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -27,7 +28,11 @@ from letstalk_core.evaluation import (
     ssim,
     structure_error,
 )
+from letstalk_core.__main__ import main
+from letstalk_core.evaluation.metrics import sync_correlation
+from letstalk_core.evaluation.real import evaluate_videos, format_real_report, load_real_clips
 from letstalk_core.evaluation.runner import heldout_speech, identity_seeds
+from letstalk_core.training.prepare import prepare_dataset
 from letstalk_core.sampling import clip_plan
 from letstalk_core.training.synthetic import (
     FacePose,
@@ -39,6 +44,7 @@ from letstalk_core.training.synthetic import (
 from tests.helpers import TINY_FRAMES_PER_CLIP, make_tiny_bundle, write_speechlike
 
 REPO = Path(__file__).resolve().parents[2]
+HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None
 FPS = 25
 
 
@@ -284,3 +290,89 @@ def test_evaluate_command_refuses_a_training_identity(bundle, capsys):
                    "--no-progress"])
     assert status == 2
     assert "not a held-out identity" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ evaluate --videos
+def test_sync_correlation_removes_slow_trends_and_finds_a_small_lag():
+    rng = np.random.default_rng(0)
+    mouth = rng.normal(size=80)
+    trend = np.linspace(0, 20, 80)  # a slow change of light: not speech
+    assert sync_correlation(mouth + trend, mouth) > 0.95
+    assert pearson(mouth + trend, mouth) < 0.5
+    shifted = np.roll(mouth, 2)  # two frames late
+    assert sync_correlation(shifted, mouth) > 0.95 and sync_correlation(shifted, mouth, max_lag=0) < 0.3
+    assert math.isnan(sync_correlation(mouth[:10], mouth[:10]))  # shorter than the moving average
+
+
+def _talking_video(path: Path, identity_seed: int, speech: np.ndarray, size: int = 96, fps: int = FPS) -> None:
+    """A face animated by the renderer from ``speech`` on a plain canvas, with that speech as its track."""
+    from letstalk_core.video import write_mp4
+
+    num_frames = int(len(speech) / 16_000 * fps)
+    motion = animate_face(speech, 16_000, fps, seed=identity_seed, num_frames=num_frames)
+    identity = sample_identity(identity_seed)
+    canvas = np.full((num_frames, size + 32, size + 64, 3), (60, 70, 90), np.uint8)  # [N, H, W, 3]
+    for i in range(num_frames):
+        canvas[i, 16:16 + size, 32:32 + size] = render_face(identity, motion.pose(i), size)
+    write_mp4(path, canvas, fps, audio=speech, sample_rate=16_000)
+
+
+@pytest.mark.skipif(not HAS_MTCNN, reason="the real-footage evaluation crops faces with facenet-pytorch")
+def test_evaluate_videos_on_talking_faces_with_ceiling_floor_and_seams(bundle, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for index, seed in enumerate((1000003, 1000017)):
+        _talking_video(videos / f"clip{index}.mp4", seed, heldout_speech(1.2, seed=index))
+    seen = []
+    result = evaluate_videos(videos, bundle, sampler="ddim", steps=1, margin=0.3,
+                             progress=lambda done, total: seen.append((done, total)))
+    m, clips = result["metrics"], result["clips"]
+    assert [c["clip"] for c in clips] == ["clip0.mp4", "clip1.mp4"] and result["left_out"] == []
+    assert all(c["frames"] == 30 for c in clips)
+    # the real video through the tiny (random) VAE is a poor copy, yet the mouth meter sees its motion
+    for name in ("sync", "sync_floor", "sync_ceiling", "structure_error", "codec_structure_error", "seam_ratio"):
+        assert math.isfinite(m[name]), name
+    assert m["sync_above_floor"] == pytest.approx(m["sync"] - m["sync_floor"])
+    assert set(result["checks"]) == {"sync", "sync_above_floor", "seam_ratio"}
+    # every clip is made twice (its own speech, and the floor's other speech): 2 x 2 x 8 clips of 4 frames
+    assert seen[-1][0] == seen[-1][1] == 2 * 2 * 8
+    report = format_real_report(result)
+    for text in ("lip sync against the real video", "ceiling", "floor", ">= 0.6", ">= 0.25", "<= 1.5", "clip1.mp4"):
+        assert text in report
+    assert sorted(p.name for p in videos.iterdir()) == ["clip0.mp4", "clip1.mp4"]  # nothing written beside them
+
+
+def test_evaluate_videos_measures_the_real_mouth_with_a_high_ceiling(tmp_path):
+    """The measure itself, without a model: the renderer's video against itself through a lossless path is
+    near 1, against a video of other speech near 0."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for index, seed in enumerate((1000003, 1000003)):
+        _talking_video(videos / f"clip{index}.mp4", seed, heldout_speech(2.0, seed=index), size=128)
+    clips, left_out = load_real_clips(videos, 64, margin=0.3, work_dir=tmp_path / "prepared")
+    assert left_out == [] and len(clips) == 2
+    meters = [MouthMeter(clip.frames[0], clip.mouth_box) for clip in clips]
+    own = meters[0].raw(clips[0].frames)
+    assert sync_correlation(own, own) == pytest.approx(1.0)
+    assert np.ptp(own) > 0.05  # the mouth moves, and the meter sees it move
+    other = meters[0].raw(clips[1].frames)
+    assert sync_correlation(other, own) < 0.6
+
+
+def test_evaluate_videos_refuses_an_empty_folder_and_a_wrong_size(bundle, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no clip of .* can be evaluated .*the folder holds no video"):
+        evaluate_videos(empty, bundle)
+    assert main(["evaluate", "--checkpoint", str(bundle), "--videos", str(empty), "--no-progress"]) == 2
+    assert "no clip" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--videos: folder .* not found"):
+        evaluate_videos(tmp_path / "missing", bundle)
+    prepared = tmp_path / "prepared"
+    (tmp_path / "one").mkdir()
+    _talking_video(tmp_path / "one" / "a.mp4", 1000003, heldout_speech(1.0, seed=0))
+    prepare_dataset(tmp_path / "one", prepared, size=32, detector="none", on_no_face="center")
+    with pytest.raises(ValueError, match="prepared at 32 px but the model makes 64 px videos"):
+        evaluate_videos(prepared, bundle)
+    with pytest.raises(ValueError, match="max_clips must be a positive integer"):
+        evaluate_videos(prepared, bundle, max_clips=0)
