@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +14,14 @@ from safetensors import safe_open
 from letstalk_core.__main__ import main
 from letstalk_core.checkpoints import load_checkpoint
 from letstalk_core.latents import build_vae, load_shipped_config, save_vae
-from letstalk_core.training.config import config_from_dict
+from letstalk_core.training.config import config_from_dict, load_preset
 from letstalk_core.training.data import ClipDataset, PreparedSource
 from letstalk_core.training.prepare import prepare_dataset, read_manifest
 from letstalk_core.training.synthetic import mouth_box_fraction, render_face, sample_identity
 from letstalk_core.training.trainer import TransformerTrainer
 from letstalk_core.video import write_mp4
 
+REPO = Path(__file__).resolve().parents[2]
 HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None  # MTCNN, the pipeline's face detector
 
 SECONDS = 1.2
@@ -248,3 +250,21 @@ def test_split_holds_out_clips_per_folder_and_training_never_reads_them(tmp_path
     for bad in (-0.1, 1.0, "a quarter", True):
         with pytest.raises(ValueError, match=r"holdout_fraction must be a number in \[0, 1\)"):
             prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=bad)
+
+
+@pytest.mark.skipif(not HAS_MTCNN, reason="face detection needs facenet-pytorch")
+def test_personal_preset_trains_on_prepared_faces_through_taef2(videos, tmp_path):
+    """The recipe of the README's "make this person talk": prepare at 128 px through the bundled TAEF2, then
+    `train --preset personal`; the checkpoint carries TAEF2, so it makes videos with nothing else named."""
+    out = tmp_path / "prepared"
+    report = prepare_dataset(videos, out, size=128, vae=REPO / "models" / "taef2", margin=0.3, holdout_fraction=0.0)
+    assert sorted(report.prepared) == ["alice.mp4", "nested/bob.mp4"]
+    assert "smaller than the 128 px crop" in dict(report.skipped)["wall.mp4"]
+    config = load_preset("personal", {"data": {"path": str(out)}, "output_dir": str(tmp_path / "run"),
+                                      "training": {"max_steps": 2, "save_every": 100}}, base_dir=REPO)
+    assert config.model.in_channels == 32 and config.recipe.mouth_loss_weight > 0
+    trainer = TransformerTrainer(config, show_progress=False)
+    checkpoint = load_checkpoint(trainer.train())
+    assert len(trainer.last_losses) == 2 and all(np.isfinite(trainer.last_losses))
+    assert checkpoint.config["in_channels"] == 32 and checkpoint.config["sample_size"] == 16
+    assert checkpoint.vae_config["_class_name"] == "AutoencoderTiny" and checkpoint.vae_config["midblock_pool"]
