@@ -16,10 +16,11 @@ from letstalk_core.checkpoints import load_checkpoint
 from letstalk_core.latents import build_vae, load_shipped_config, save_vae
 from letstalk_core.training.config import config_from_dict, load_preset
 from letstalk_core.training.data import ClipDataset, PreparedSource
-from letstalk_core.training.prepare import prepare_dataset, read_manifest
+from letstalk_core.training.prepare import picture_area, prepare_dataset, read_manifest
 from letstalk_core.training.synthetic import mouth_box_fraction, render_face, sample_identity
 from letstalk_core.training.trainer import TransformerTrainer
-from letstalk_core.video import write_mp4
+from tests.helpers import shared_path
+from letstalk_core.video import iter_video_frames, write_mp4
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None  # MTCNN, the pipeline's face detector
@@ -268,3 +269,47 @@ def test_personal_preset_trains_on_prepared_faces_through_taef2(videos, tmp_path
     assert len(trainer.last_losses) == 2 and all(np.isfinite(trainer.last_losses))
     assert checkpoint.config["in_channels"] == 32 and checkpoint.config["sample_size"] == 16
     assert checkpoint.vae_config["_class_name"] == "AutoencoderTiny" and checkpoint.vae_config["midblock_pool"]
+
+
+# ------------------------------------------------------------------ the real footage beside the repository
+def _linked(folder: Path, sources: list[Path]) -> Path:
+    folder.mkdir()
+    for source in sources:
+        (folder / source.name).symlink_to(source)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MTCNN, reason="face detection needs facenet-pytorch")
+def test_prepare_real_footage_as_it_comes(tmp_path):
+    """GRID (MPEG-1 + MP2, 360x288) and CREMA-D (FLV) through TAEF2; a letterboxed 1280x720 30 fps address."""
+    footage = shared_path("footage")
+    clips = _linked(tmp_path / "clips", [footage / "grid" / "s1" / "bbbs7a.mpg",
+                                         footage / "crema-d" / "1001_DFA_NEU_XX.flv"])
+    report = prepare_dataset(clips, tmp_path / "out", size=128, vae=REPO / "models" / "taef2", margin=0.3)
+    assert sorted(report.prepared) == ["1001_DFA_NEU_XX.flv", "bbbs7a.mpg"] and report.skipped == []
+    manifest = read_manifest(tmp_path / "out")
+    for entry in manifest["videos"]:
+        top, bottom, left, right = entry["mouth_box"]
+        assert 0.45 < top < bottom < 0.95 and 0.25 < left < right < 0.75, entry  # the mouth: low and central
+        with safe_open(str(tmp_path / "out" / entry["shard"]), framework="pt") as shard:
+            latents, audio = shard.get_tensor("latents"), shard.get_tensor("audio")
+        assert tuple(latents.shape[1:]) == (32, 16, 16) and 0.5 < float(latents.std()) < 2.0
+        assert abs(audio.shape[0] - entry["num_frames"] * 16_000 / 25) <= 16_000 / 25
+    grid = next(e for e in manifest["videos"] if e["name"] == "bbbs7a.mpg")
+    assert grid["num_frames"] == 75  # GRID: 3 s at 25 fps
+
+    address = footage / "obama" / "weekly_address_b.mp4"
+    out = tmp_path / "address"
+    report = prepare_dataset(_linked(tmp_path / "address_clip", [address]), out, size=128, margin=0.3)
+    assert report.prepared == ["weekly_address_b.mp4"]
+    (entry,) = read_manifest(out)["videos"]
+    frames = [frame for chunk in iter_video_frames(address, 8, fps=1) for frame in chunk][:8]
+    top, bottom, left, right = picture_area(frames)
+    assert top > 0 and bottom < frames[0].shape[0]  # the file is letterboxed
+    x0, y0, x1, y1 = entry["crop_box"]
+    assert y0 >= top and y1 <= bottom and 0 <= x0 and x1 <= frames[0].shape[1]
+    with safe_open(str(out / entry["shard"]), framework="pt") as shard:
+        audio = shard.get_tensor("audio")
+    # 30 fps resampled to 25: as many frames as the speech has 40 ms steps
+    assert abs(entry["num_frames"] - audio.shape[0] / 16_000 * 25) <= 1
