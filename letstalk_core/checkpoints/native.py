@@ -82,6 +82,12 @@ class LetsTalkCheckpoint:
         return self.training.get("condition_dropout")
 
     @property
+    def crop_margin(self) -> float | None:
+        """The face-crop margin of the training frames (``prepare --margin``), None when not recorded."""
+        margin = self.training.get("crop_margin")
+        return None if margin is None else float(margin)
+
+    @property
     def supports_guidance(self) -> bool:
         """True only when training dropped at least one condition, so classifier-free guidance is meaningful."""
         rates = self.condition_dropout or {}

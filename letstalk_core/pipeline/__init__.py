@@ -35,6 +35,7 @@ log = logging.getLogger("letstalk")
 
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpmpp_2m": 25, "euler": 50}
 # the checkpoint bundled with the pack, used when no checkpoint is named
+DEFAULT_CROP_MARGIN = 0.5  # for checkpoints that do not record the margin of their training crops
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "letstalk-demo.safetensors"
 
 
@@ -333,8 +334,16 @@ class LetsTalkPipeline:
     def resolution(self) -> int:
         return model_resolution(self.checkpoint, self.vae)
 
-    def prepare(self, image, audio, *, fps=25, crop=True, margin=0.5, on_no_face="center",
+    @property
+    def crop_margin(self) -> float:
+        """The face-crop margin the checkpoint was trained with (``prepare --margin``), else 0.5."""
+        margin = self.checkpoint.crop_margin
+        return DEFAULT_CROP_MARGIN if margin is None else margin
+
+    def prepare(self, image, audio, *, fps=25, crop=True, margin=None, on_no_face="center",
                 sample_rate=None) -> Conditions:
+        """``margin`` None: :attr:`crop_margin`, so a portrait is framed as the training frames were."""
+        margin = self.crop_margin if margin is None else margin
         return prepare_conditions(self.checkpoint, self.vae, self.audio_encoder, image, audio, fps=fps, crop=crop,
                                   margin=margin, on_no_face=on_no_face, sample_rate=sample_rate)
 
@@ -349,7 +358,7 @@ class LetsTalkPipeline:
         return iter_frames(self.vae, clips, paste_into=paste_into, crop_box=conditions.portrait.crop_box)
 
     def __call__(self, image, audio, *, out: str | Path | None = None, fps=25, crop: bool = True,
-                 paste_back: bool = False, margin: float = 0.5, on_no_face: str = "center", sampler: str = "ddpm",
+                 paste_back: bool = False, margin: float | None = None, on_no_face: str = "center", sampler: str = "ddpm",
                  steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
                  overlap_frames: int = 0, progress=None, should_stop=None, sample_rate: int | None = None):
         """With ``out``: stream into that mp4 (speech muxed) and return its path; without: all frames

@@ -362,6 +362,8 @@ class TransformerTrainer:
             "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps * self.accelerator.num_processes,
             "resolution": cfg.data.resolution,
             "fps": cfg.data.fps,
+            # how much of the head the training frames showed (prepare's --margin): inference crops alike
+            "crop_margin": getattr(self.source, "manifest", {}).get("margin"),
             "recipe": {"portrait_noise_log_mean": cfg.recipe.portrait_noise_log_mean,
                        "portrait_noise_log_std": cfg.recipe.portrait_noise_log_std,
                        "memory_max_timestep": cfg.recipe.memory_max_timestep,

@@ -90,6 +90,19 @@ def test_paste_back_keeps_the_original_size(pipe, assets):
     assert frames.shape == (25, 96, 136, 3)
 
 
+def test_portraits_are_cropped_with_the_margin_the_checkpoint_was_trained_with(pipe, assets):
+    assert pipe.checkpoint.crop_margin is None and pipe.crop_margin == 0.5  # not recorded: the default
+    default = pipe.prepare(assets["wide"], assets["speech"]).portrait.crop_box
+    assert pipe.prepare(assets["wide"], assets["speech"], margin=0.5).portrait.crop_box == default
+    pipe.checkpoint.training["crop_margin"] = 0.2  # as a checkpoint trained on `prepare --margin 0.2` records
+    try:
+        assert pipe.crop_margin == 0.2
+        tighter = pipe.prepare(assets["wide"], assets["speech"]).portrait.crop_box
+        assert tighter == pipe.prepare(assets["wide"], assets["speech"], margin=0.2).portrait.crop_box != default
+    finally:
+        del pipe.checkpoint.training["crop_margin"]
+
+
 def test_cancel_leaves_no_file(pipe, assets, tmp_path):
     calls = []
 

@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from letstalk_core.__main__ import main
 from letstalk_core.checkpoints import load_checkpoint
+from letstalk_core.pipeline import LetsTalkPipeline
 from letstalk_core.latents import build_vae, load_shipped_config, save_vae
 from letstalk_core.training.config import config_from_dict, load_preset
 from letstalk_core.training.data import ClipDataset, PreparedSource
@@ -265,8 +266,11 @@ def test_personal_preset_trains_on_prepared_faces_through_taef2(videos, tmp_path
                                       "training": {"max_steps": 2, "save_every": 100}}, base_dir=REPO)
     assert config.model.in_channels == 32 and config.recipe.mouth_loss_weight > 0
     trainer = TransformerTrainer(config, show_progress=False)
-    checkpoint = load_checkpoint(trainer.train())
+    path = trainer.train()
+    checkpoint = load_checkpoint(path)
     assert len(trainer.last_losses) == 2 and all(np.isfinite(trainer.last_losses))
+    # the crop margin of the training frames travels with the checkpoint, so portraits are framed alike
+    assert checkpoint.crop_margin == 0.3 and LetsTalkPipeline.from_pretrained(path).crop_margin == 0.3
     assert checkpoint.config["in_channels"] == 32 and checkpoint.config["sample_size"] == 16
     assert checkpoint.vae_config["_class_name"] == "AutoencoderTiny" and checkpoint.vae_config["midblock_pool"]
 
