@@ -176,8 +176,7 @@ def load_vae(
         taef2_files = taef2_files_in(path)
         if taef2_files is not None:
             state = read_taef2_files(*taef2_files)
-            vae = _load_by_layout(state, {**load_shipped_config("taef2"), **(explicit_config or {})}, kind, source_name,
-                                  trust_config=True)
+            vae = _load_by_layout(state, explicit_config, kind, source_name, trust_config=True)
         elif path.is_dir():
             vae = _vae_from_folder(path, explicit_config)
         else:

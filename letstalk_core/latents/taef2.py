@@ -1,6 +1,6 @@
 """TAEF2: the tiny autoencoder distilled for the FLUX.2 latent space (MIT, madebyollin/taesd), as a codec.
 
-RGB at 1/8 of the size -> 32 latent channels, about 30 dB PSNR on a real face at 128 px, 2.7 MB per half.
+RGB at 1/8 of the size -> 32 latent channels, 30-33 dB PSNR on a real face at 128 px, 2.7 MB per half.
 The network is diffusers' :class:`~diffusers.AutoencoderTiny` (the TAESD family: residual blocks of three
 3x3 convs, stride-2 downsampling, nearest upsampling, a ``tanh(x/3)*3`` clamp in front of the decoder)
 with one addition that diffusers lacks: in the three innermost blocks of the encoder and of the decoder,
@@ -39,7 +39,7 @@ __all__ = [
 TAEF2_FILES = ("taef2_encoder.pth", "taef2_decoder.pth")
 # The config (configs/taef2.json) is diffusers' AutoencoderTiny's plus this project's key "midblock_pool":
 # the innermost blocks carry the pool branch. Its scaling factor is 1: the raw latents of 128 px crops of
-# real faces already have a standard deviation near 1 (0.96 on a GRID frame; tests/core/test_latents.py).
+# real faces already have a standard deviation near 1 (0.96 on a GRID frame; tests/core/test_taef2.py).
 MIDBLOCK_POOL_KEY = "midblock_pool"
 # the three innermost blocks: encoder.layers 11-13 (after the third stride-2 conv) and decoder.layers 2-4
 # (the first three blocks after the input conv and its ReLU)
