@@ -254,6 +254,7 @@ def test_split_holds_out_clips_per_folder_and_training_never_reads_them(tmp_path
             prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=bad)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_MTCNN, reason="face detection needs facenet-pytorch")
 def test_personal_preset_trains_on_prepared_faces_through_taef2(videos, tmp_path):
     """The recipe of the README's "make this person talk": prepare at 128 px through the bundled TAEF2, then
