@@ -26,7 +26,8 @@ def _identities(text: str):
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="measure lip sync, identity, seams and drift on held-out synthetic identities",
+        "evaluate", help="measure lip sync, identity, seams and drift on held-out synthetic identities, or on real "
+                         "footage with --videos",
         description="Generate talking videos of held-out synthetic identities (never seen in training) with "
                     "held-out speech (espeak-ng) or the given audio, and print lip sync against the renderer's "
                     "ground truth (with its floor and ceiling), identity error, seam ratio and drift ratio next "
@@ -96,6 +97,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..training.synthetic.speech import EspeakNotFoundError
+    from .real import evaluate_videos, format_real_report
     from .runner import evaluate_checkpoint, format_report
 
     if args.json is not None and not Path(args.json).parent.is_dir():
@@ -113,41 +115,30 @@ def run(args) -> int:
         else:
             print(message, flush=True)
 
-    if args.videos is not None:
-        return _run_videos(args, bar, progress, log)
     try:
-        result = evaluate_checkpoint(
-            args.checkpoint, identities=args.identities, seconds=args.seconds, audio=args.audio,
-            sampler=args.sampler, steps=args.steps, seed=args.seed, drift_seconds=args.drift_seconds,
-            drift_window=args.drift_window, with_sampler_table=args.sampler_table, vae=args.vae,
-            audio_encoder=args.audio_encoder, audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg,
-            overlap_frames=args.overlap_frames, progress=None if bar is None else progress, log=log,
-        )
+        if args.videos is not None:
+            result = evaluate_videos(
+                args.videos, args.checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg, overlap_frames=args.overlap_frames,
+                max_clips=args.max_clips, margin=args.margin, vae=args.vae, audio_encoder=args.audio_encoder,
+                progress=None if bar is None else progress, log=log)
+            report = format_real_report(result)
+        else:
+            result = evaluate_checkpoint(
+                args.checkpoint, identities=args.identities, seconds=args.seconds, audio=args.audio,
+                sampler=args.sampler, steps=args.steps, seed=args.seed, drift_seconds=args.drift_seconds,
+                drift_window=args.drift_window, with_sampler_table=args.sampler_table, vae=args.vae,
+                audio_encoder=args.audio_encoder, audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg,
+                overlap_frames=args.overlap_frames, progress=None if bar is None else progress, log=log,
+            )
+            report = format_report(result)
     except EspeakNotFoundError as error:
         print(f"error: held-out speech needs espeak-ng: {error} Or pass your own speech with --audio.", file=sys.stderr)
         return 2
     finally:
         if bar is not None:
             bar.close()
-    print(format_report(result))
-    if args.json is not None:
-        print(f"wrote {write_json(result, args.json)}")
-    return 0
-
-
-def _run_videos(args, bar, progress, log) -> int:
-    from .real import evaluate_videos, format_real_report
-
-    try:
-        result = evaluate_videos(
-            args.videos, args.checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed,
-            audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg, overlap_frames=args.overlap_frames,
-            max_clips=args.max_clips, margin=args.margin, vae=args.vae, audio_encoder=args.audio_encoder,
-            progress=None if bar is None else progress, log=log)
-    finally:
-        if bar is not None:
-            bar.close()
-    print(format_real_report(result))
+    print(report)
     if args.json is not None:
         print(f"wrote {write_json(result, args.json)}")
     return 0
