@@ -71,6 +71,8 @@ def load_real_clips(folder: Path, size: int, *, margin: float = 0.3, work_dir: O
         left_out += report.skipped
         folder = Path(work_dir)
     manifest = read_manifest(folder)
+    if not left_out:  # a prepare folder given as it is: what its run skipped
+        left_out += [(entry["name"], entry["reason"]) for entry in manifest.get("skipped", [])]
     if manifest["size"] != size:
         raise ValueError(f"--videos: {str(folder)!r} was prepared at {manifest['size']} px but the model makes "
                          f"{size} px videos; prepare it again with --size {size}, or give the folder of videos")

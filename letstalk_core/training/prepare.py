@@ -114,6 +114,8 @@ def stable_crop_box(path: Path, detector, *, margin: float, on_no_face: str, siz
     from ..latents import center_crop_box, detect_face_landmarks, face_crop_box, mouth_box_in_crop
 
     frames = [frame for chunk in iter_video_frames(path, 32, fps=DETECTION_FPS) for frame in chunk]
+    if not frames:  # shorter than one detection interval (ffmpeg's fps filter then gives none): its own frames
+        frames = [frame for chunk in iter_video_frames(path, 32) for frame in chunk]
     if not frames:
         raise VideoSkipped("no decodable video frames")
     if len(frames) > MAX_DETECTION_FRAMES:

@@ -139,6 +139,7 @@ def test_save_refuses_bad_arguments(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a fresh Python process imports torch and the pack
 def test_convert_command_line(tmp_path):
     output = tmp_path / "converted.safetensors"
     result = subprocess.run(

@@ -18,8 +18,9 @@ from letstalk_core.video import probe
 EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
 
 # Until the demo model is trained and bundled (issue 6) these tests are skipped, saying so in the report.
-pytestmark = pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason=f"the demo model {DEMO_CHECKPOINT.name} is "
-                                "not bundled yet (issue 6)")
+pytestmark = [pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason=f"the demo model {DEMO_CHECKPOINT.name} is "
+                                 "not bundled yet (issue 6)"),
+              pytest.mark.slow]  # the bundled model makes real videos: seconds to a minute each
 
 
 def test_demo_bundle_is_shipped_within_50_mb():

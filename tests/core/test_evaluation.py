@@ -223,6 +223,7 @@ def test_evaluate_two_clips_with_floor_ceiling_drift_and_sampler_table(bundle):
     assert ("PASS" in report) or ("FAIL" in report)
 
 
+@pytest.mark.slow  # a fresh Python process imports torch and the pack
 def test_evaluate_command_writes_table_and_json(bundle, tmp_path):
     speech = write_speechlike(tmp_path / "speech.wav", TWO_CLIPS)
     out = tmp_path / "eval.json"
@@ -359,6 +360,7 @@ def test_evaluate_videos_measures_the_real_mouth_with_a_high_ceiling(tmp_path):
     assert sync_correlation(other, own) < 0.6
 
 
+@pytest.mark.skipif(not HAS_MTCNN, reason="the real-footage evaluation crops faces with facenet-pytorch")
 def test_evaluate_videos_refuses_an_empty_folder_and_a_wrong_size(bundle, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -374,5 +376,15 @@ def test_evaluate_videos_refuses_an_empty_folder_and_a_wrong_size(bundle, tmp_pa
     prepare_dataset(tmp_path / "one", prepared, size=32, detector="none", on_no_face="center")
     with pytest.raises(ValueError, match="prepared at 32 px but the model makes 64 px videos"):
         evaluate_videos(prepared, bundle)
+    # clips whose mouth cannot be found, or too short to measure, are left out with the reason
+    (tmp_path / "short").mkdir()
+    _talking_video(tmp_path / "short" / "b.mp4", 1000003, heldout_speech(0.4, seed=1))
+    unusable = tmp_path / "unusable"
+    prepare_dataset(tmp_path / "one", unusable, size=64, detector="none", on_no_face="center")
+    prepare_dataset(tmp_path / "short", tmp_path / "short_prepared", size=64, margin=0.3)
+    with pytest.raises(ValueError, match="a.mp4: no face landmarks were found, so the mouth cannot be measured"):
+        evaluate_videos(unusable, bundle)
+    with pytest.raises(ValueError, match="b.mp4: 10 frames; the lip-sync measure needs 16"):
+        evaluate_videos(tmp_path / "short_prepared", bundle)
     with pytest.raises(ValueError, match="max_clips must be a positive integer"):
         evaluate_videos(prepared, bundle, max_clips=0)

@@ -166,6 +166,7 @@ def test_checkpoint_without_vae_asks_for_one(tmp_path):
         load_parts(bare)
 
 
+@pytest.mark.slow  # a fresh Python process imports torch and the pack
 def test_generate_cli(assets, tmp_path):
     out = tmp_path / "cli.mp4"
     result = subprocess.run(

@@ -210,12 +210,15 @@ def test_prepare_keeps_black_bars_out_and_reports_small_and_silent_videos(tmp_pa
     small = np.full((int(SECONDS * 25), 48, 64, 3), 120, np.uint8)
     write_mp4(folder / "small.mp4", small, 25, audio=_speech_like(SECONDS), sample_rate=16_000)
     write_mp4(folder / "mute.mp4", small, 25)  # no audio track at all
+    write_mp4(folder / "black.mp4", np.zeros((int(SECONDS * 25), 96, 96, 3), np.uint8), 25,
+              audio=_speech_like(SECONDS), sample_rate=16_000)
     report = prepare_dataset(folder, tmp_path / "out", size=64, margin=1.5)
     reasons = dict(report.skipped)
     assert report.prepared == ["letterboxed.mp4"]
     assert "silent audio track" in reasons["silent.mp4"]
     assert "picture is 64x48 px" in reasons["small.mp4"] and "smaller than the 64 px crop" in reasons["small.mp4"]
     assert "no audio" in reasons["mute.mp4"]
+    assert reasons["black.mp4"] == "every sampled frame is black"
     (entry,) = read_manifest(tmp_path / "out")["videos"]
     x0, y0, x1, y1 = entry["crop_box"]
     # a square of 4x the face (~244 px) would reach into both bars of the 280 px frame: it shrinks to the
