@@ -120,11 +120,12 @@ def evaluate_videos(
     """
     from ..pipeline import DEFAULT_STEPS, LetsTalkPipeline
     from ..sampling import SAMPLERS, check_overlap_frames
-    from .runner import _StepCounter, _clip_starts, _clips, _generate, _nanmean, _vae_round_trip
+    from .runner import (_StepCounter, _check_count, _clip_starts, _clips, _generate, _nanmean, _pooled_seams,
+                         _vae_round_trip, checks)
 
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
-    steps = DEFAULT_STEPS[sampler] if steps is None else steps
+    steps = DEFAULT_STEPS[sampler] if steps is None else _check_count("steps", steps)
     if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
         raise ValueError(f"max_clips must be a positive integer, got {max_clips!r}")
     log = log or (lambda message: None)
@@ -146,9 +147,10 @@ def evaluate_videos(
     fps = clips[0].fps
 
     through_codec = _vae_round_trip(pipe.vae)
-    total = 2 * sum(_clips(clip.frames.shape[0], frames_per_clip, overlap_frames) for clip in clips) * steps
+    videos_per_clip = 2 if len(clips) > 1 else 1  # its own speech, and another clip's for the floor
+    total = videos_per_clip * sum(_clips(clip.frames.shape[0], frames_per_clip, overlap_frames) for clip in clips) * steps
     counter = _StepCounter(progress, total)
-    results, made_seconds, made_frames = [], 0.0, 0
+    results, seams, made_seconds, made_frames = [], [], 0.0, 0
     for index, clip in enumerate(clips):
         portrait = (clip.frames[0] * 255.0).round().to(torch.uint8).numpy()  # [S, S, 3]: the clip's first frame
         meter = MouthMeter(clip.frames[0], clip.mouth_box)
@@ -168,8 +170,8 @@ def evaluate_videos(
             floor = float("nan")
         length = min(made.shape[0], clip.frames.shape[0])
         real_through_codec = through_codec(clip.frames)
-        seams = seam_ratio(frame_changes(made), frames_per_clip,
-                           _clip_starts(made.shape[0], frames_per_clip, overlap_frames))
+        seams.append(seam_ratio(frame_changes(made), frames_per_clip,
+                                _clip_starts(made.shape[0], frames_per_clip, overlap_frames)))
         results.append({
             "clip": clip.name, "frames": int(length),
             "sync": sync_correlation(meter.raw(made[:length]), real_mouth[:length]),
@@ -177,35 +179,23 @@ def evaluate_videos(
             "sync_ceiling": sync_correlation(meter.raw(real_through_codec), real_mouth),
             "structure_error": float(structure_error(made[:length], clip.frames[:length]).mean()),
             "codec_structure_error": float(structure_error(real_through_codec, clip.frames).mean()),
-            "seam_ratio": seams["ratio"], "seam_boundaries": seams["boundaries"],
-            "_seams": seams,
+            "seam_ratio": seams[-1]["ratio"], "seam_boundaries": seams[-1]["boundaries"],
         })
-    seams = [r.pop("_seams") for r in results]
-    with_boundaries = [s for s in seams if s["boundaries"]]
-    boundary = _nanmean(s["boundary"] for s in with_boundaries)
-    inside = _nanmean(s["inside"] for s in with_boundaries)
     metrics = {
         "sync": _nanmean(r["sync"] for r in results),
         "sync_floor": _nanmean(r["sync_floor"] for r in results),
         "sync_ceiling": _nanmean(r["sync_ceiling"] for r in results),
         "structure_error": _nanmean(r["structure_error"] for r in results),
         "codec_structure_error": _nanmean(r["codec_structure_error"] for r in results),
-        "seam_ratio": boundary / max(inside, 1e-8) if with_boundaries else float("nan"),
+        "seam_ratio": _pooled_seams(seams)["ratio"],
         "seconds_per_video_second": made_seconds / max(made_frames / fps, 1e-9),
     }
     metrics["sync_above_floor"] = metrics["sync"] - metrics["sync_floor"]
-    checks = {}
-    for name, (comparison, threshold) in REAL_TARGETS.items():
-        value = metrics[name]
-        measured = not math.isnan(value)
-        passed = measured and (value >= threshold if comparison == ">=" else value <= threshold)
-        checks[name] = {"value": value, "target": f"{comparison} {threshold:g}", "pass": bool(passed),
-                        "measured": bool(measured)}
     return {
         "checkpoint": str(getattr(pipe.checkpoint, "path", checkpoint)),
         "settings": {"videos": str(videos), "clips": [c.name for c in clips], "resolution": size, "fps": fps,
                      "frames_per_clip": frames_per_clip, "sampler": sampler, "steps": steps, "seed": seed, **options},
-        "metrics": metrics, "checks": checks, "clips": results,
+        "metrics": metrics, "checks": checks(metrics, REAL_TARGETS), "clips": results,
         "left_out": [{"name": name, "reason": reason} for name, reason in left_out],
     }
 

@@ -437,10 +437,10 @@ def sampler_table(checkpoint=None, **kwargs) -> list[dict[str, Any]]:
     return evaluate_checkpoint(checkpoint, with_sampler_table=True, drift_seconds=0, **kwargs)["sampler_table"]
 
 
-def checks(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def checks(metrics: dict[str, Any], targets: dict[str, tuple[str, float]] = TARGETS) -> dict[str, dict[str, Any]]:
     """Each target: the value, the target as text and whether it passes (False when not measured)."""
     out = {}
-    for name, (comparison, threshold) in TARGETS.items():
+    for name, (comparison, threshold) in targets.items():
         value = metrics.get(name, float("nan"))
         measured = value is not None and not math.isnan(value)
         passed = measured and (value >= threshold if comparison == ">=" else value <= threshold)
