@@ -12,8 +12,9 @@ import comfy.utils
 from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
-from letstalk_core.pipeline import DEFAULT_STEPS, iter_clip_latents
+from letstalk_core.pipeline import iter_clip_latents, sampling_options
 from letstalk_core.sampling import SAMPLERS
+from letstalk_core.sampling.options import check_overrides
 
 from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait
 
@@ -28,6 +29,18 @@ def clip_preview(codec, clip_latents: torch.Tensor):
     frame = next(codec.iter_decode(clip_latents[0, -1:].float(), chunk_size=1))  # [1, 3, H, W] -1..1
     pixels = frame[0].add(1).mul(127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return ("JPEG", Image.fromarray(pixels), args.preview_size)
+
+
+AUTO = "auto"  # the sampler choice, and -1 for the numbers: what the checkpoint recommends
+
+
+def node_overrides(sampler: str, steps: int, audio_cfg: float, portrait_cfg: float, overlap_frames: int) -> dict:
+    """The node's widgets as sampling-option overrides: "auto" and -1 mean the checkpoint's (None)."""
+    def given(value):
+        return None if value == -1 else value
+
+    return {"sampler": None if sampler == AUTO else sampler, "steps": given(steps), "audio_cfg": given(audio_cfg),
+            "portrait_cfg": given(portrait_cfg), "overlap_frames": given(overlap_frames)}
 
 
 def _stop_if_interrupted() -> bool:
@@ -51,47 +64,50 @@ class LetsTalkSampler(io.ComfyNode):
                 LetsTalkAudio.Input("letstalk_audio", tooltip="From LetsTalk Encode Audio."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Same seed, same video."),
-                io.Combo.Input("sampler", options=list(SAMPLERS), default="dpmpp_2m",
-                               tooltip="ddpm: the authors' sampler (250 steps); ddim (50); dpmpp_2m (25) and "
-                                       "euler: faster at fewer steps."),
-                io.Int.Input("steps", default=DEFAULT_STEPS["dpmpp_2m"], min=1, max=1000,
-                             tooltip="Model evaluations per clip."),
-                io.Float.Input("audio_cfg", default=1.0, min=0.0, max=20.0, step=0.1,
-                               tooltip="Audio guidance scale; 1 = no guidance (one model pass per step). Needs a "
-                                       "checkpoint trained with condition dropout. The demo model: 3 (with 4 "
-                                       "overlap frames, as in the basic workflow) reaches its lip-sync target, at "
-                                       "twice the time."),
-                io.Float.Input("portrait_cfg", default=1.0, min=0.0, max=20.0, step=0.1,
-                               tooltip="Portrait guidance scale; 1 = no guidance. Needs a checkpoint trained "
-                                       "with condition dropout."),
-                io.Int.Input("overlap_frames", default=0, min=0, max=64, optional=True,
-                             tooltip="Frames each clip repeats from the end of the one before and holds to it, so "
-                                     "motion continues across clip boundaries (beyond the paper; 0 = the authors' "
-                                     "loop). Must be below the model's frames per clip; V of F frames cost about "
-                                     "F/(F-V) times the sampling time. The demo model (clips of 8): 4 keeps the "
-                                     "seams within its target."),
+                io.Combo.Input("sampler", options=[AUTO, *SAMPLERS], default=AUTO,
+                               tooltip="auto: what the checkpoint recommends (the demo model: dpmpp_2m). ddpm is "
+                                       "the paper's sampler (250 steps, slow); ddim, dpmpp_2m and euler give good "
+                                       "videos in fewer steps."),
+                io.Int.Input("steps", default=-1, min=-1, max=1000,
+                             tooltip="Model evaluations per clip; more is slower and a little cleaner. -1: the "
+                                     "checkpoint's recommendation (or the chosen sampler's usual count: ddpm 250, "
+                                     "ddim 50, dpmpp_2m 25, euler 50)."),
+                io.Float.Input("audio_cfg", default=-1.0, min=-1.0, max=20.0, step=0.1,
+                               tooltip="How strongly the lips follow the speech. 1: plain; 2-4: clearer mouth "
+                                       "shapes, twice the time. -1: what the checkpoint recommends (the demo model: "
+                                       "3). Only for checkpoints trained with condition dropout."),
+                io.Float.Input("portrait_cfg", default=-1.0, min=-1.0, max=20.0, step=0.1,
+                               tooltip="How strongly the face holds to the portrait. 1: plain. -1: what the "
+                                       "checkpoint recommends. Only for checkpoints trained with condition dropout."),
+                io.Int.Input("overlap_frames", default=-1, min=-1, max=64, optional=True,
+                             tooltip="Frames each short clip repeats from the one before, so motion flows across "
+                                     "the joins between clips. 0: none (fastest); more frames cost time (4 of 8: "
+                                     "twice the time). -1: what the checkpoint recommends (the demo model: 4)."),
             ],
             outputs=[io.Latent.Output(display_name="video_latent")],
         )
 
     @classmethod
-    def validate_inputs(cls, sampler: str, steps: int) -> bool | str:
-        if sampler not in SAMPLERS:
-            return f"sampler '{sampler}' is not one of {', '.join(SAMPLERS)}"
-        if not isinstance(steps, int) or steps < 1:
-            return f"steps must be an integer >= 1, got {steps!r}"
+    def validate_inputs(cls, sampler: str, steps: int, audio_cfg: float, portrait_cfg: float,
+                        overlap_frames: int = -1) -> bool | str:
+        try:  # the core's own checks; those that need the checkpoint run when it is known
+            check_overrides(**node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
+        except ValueError as error:
+            return str(error)
         return True
 
     @classmethod
     def execute(cls, letstalk_model, portrait, letstalk_audio, seed, sampler, steps, audio_cfg,
-                portrait_cfg, overlap_frames=0) -> io.NodeOutput:
-        device = letstalk_model.load_to_device()
+                portrait_cfg, overlap_frames=-1) -> io.NodeOutput:
         ckpt = letstalk_model.checkpoint
+        options = sampling_options(ckpt, seed=seed, fps=letstalk_audio.fps,
+                                   **node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
+        log.info("LetsTalk sampling: %s", options.describe())
+        device = letstalk_model.load_to_device()
         features = letstalk_audio.features(ckpt.frames_per_clip)
         bar = comfy.utils.ProgressBar(1)
         clips = iter_clip_latents(
-            ckpt, portrait.portrait_latent.to(device), features, sampler=sampler, steps=steps, seed=seed,
-            audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames,
+            ckpt, portrait.portrait_latent.to(device), features, options,
             progress=lambda done, total: bar.update_absolute(done, total),
             should_stop=_stop_if_interrupted,
         )
@@ -103,7 +119,7 @@ class LetsTalkSampler(io.ComfyNode):
                 bar.update_absolute(bar.current, bar.total, preview)
         latents = torch.cat(finished, dim=1)  # [1, F, C, h, w]
         log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", latents.shape[1], len(finished),
-                 ckpt.frames_per_clip, overlap_frames)
+                 ckpt.frames_per_clip, options.overlap_frames)
         return io.NodeOutput({
             "samples": latents.permute(0, 2, 1, 3, 4).contiguous(),  # [1, C, F, h, w], ComfyUI's video layout
             "letstalk": {"fps": letstalk_audio.fps, "num_frames": features.num_frames,

@@ -88,6 +88,12 @@ class LetsTalkCheckpoint:
         return None if margin is None else float(margin)
 
     @property
+    def training_fps(self) -> float | None:
+        """Frames per second of the training videos, None when not recorded."""
+        fps = self.training.get("fps")
+        return None if fps is None else float(fps)
+
+    @property
     def supports_guidance(self) -> bool:
         """True only when training dropped at least one condition, so classifier-free guidance is meaningful."""
         rates = self.condition_dropout or {}
@@ -284,8 +290,15 @@ def convert_checkpoint(
     memory_frames: int | None = None,
     frames_per_clip: int | None = None,
     dtype: torch.dtype | None = None,
+    sampling=None,
 ) -> Path:
-    """Convert any readable checkpoint into the project format (``destination`` ends in .safetensors)."""
+    """Convert any readable checkpoint into the project format (``destination`` ends in .safetensors).
+
+    ``sampling`` (sampler, steps, audio_cfg, portrait_cfg, overlap_frames; None entries ignored) changes
+    the checkpoint's recommended sampling options, stored in the file; the rest of the recommendation is
+    the source's (the authors' loop for a checkpoint of the authors' code)."""
+    from ..sampling.options import recommended_options
+
     destination = Path(destination)
     if destination.suffix != ".safetensors":
         raise ValueError(f"output path {str(destination)!r} must end in .safetensors")
@@ -293,5 +306,7 @@ def convert_checkpoint(
                                  memory_frames=memory_frames, frames_per_clip=frames_per_clip)
     metadata = {key: value for key, value in checkpoint.metadata.items() if key not in _RESERVED_METADATA}
     metadata["training"] = json.dumps(checkpoint.training)
+    recommendation = recommended_options(checkpoint).replace(**(sampling or {})).check_for(checkpoint)
+    metadata["sampling"] = json.dumps(recommendation.recommendation())
     return save_checkpoint(destination, checkpoint.model, checkpoint.audio_proj,
                            extra_tensors=checkpoint.extra_tensors, extra_metadata=metadata)

@@ -25,6 +25,8 @@ def _identities(text: str):
 
 
 def add_parser(subparsers) -> None:
+    from ..pipeline.cli import add_sampling_arguments
+
     parser = subparsers.add_parser(
         "evaluate", help="measure lip sync, identity, seams and drift on held-out synthetic identities, or on real "
                          "footage with --videos",
@@ -47,22 +49,13 @@ def add_parser(subparsers) -> None:
                         help="how many held-out identities (default 4), or their seeds, e.g. 1000003,1000017")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="seconds of speech per identity (default 4; longer --audio files are cut to this)")
-    parser.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, dpmpp_2m or euler (default dpmpp_2m)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per clip (default: ddpm 250, ddim 50, dpmpp_2m 25, euler 50)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drift-seconds", type=float, default=60.0,
                         help="length of the long video for the drift ratio (default 60; 0 skips it)")
     parser.add_argument("--drift-window", type=float, default=5.0,
                         help="seconds compared at the start and the end of the long video (default 5)")
     parser.add_argument("--sampler-table", action="store_true",
                         help="also compare DDPM 250, DDIM 50, DPM-Solver++ 25 and 10 (slow)")
-    parser.add_argument("--audio-cfg", type=float, default=1.0,
-                        help="audio guidance scale of every video made (default 1: none)")
-    parser.add_argument("--portrait-cfg", type=float, default=1.0,
-                        help="portrait guidance scale of every video made (default 1: none)")
-    parser.add_argument("--overlap-frames", type=int, default=0,
-                        help="frames each clip repeats from the one before (default 0: the authors' loop)")
+    add_sampling_arguments(parser, with_fps=False)
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
     parser.add_argument("--audio-encoder", default=None, help="audio encoder (default: the checkpoint's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
@@ -96,6 +89,7 @@ def write_json(result: dict, path: Path) -> Path:
 def run(args) -> int:
     from tqdm import tqdm
 
+    from ..pipeline.cli import sampling_overrides
     from ..training.synthetic.speech import EspeakNotFoundError
     from .real import evaluate_videos, format_real_report
     from .runner import evaluate_checkpoint, format_report
@@ -118,18 +112,15 @@ def run(args) -> int:
     try:
         if args.videos is not None:
             result = evaluate_videos(
-                args.videos, args.checkpoint, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg, overlap_frames=args.overlap_frames,
-                max_clips=args.max_clips, margin=args.margin, vae=args.vae, audio_encoder=args.audio_encoder,
-                progress=None if bar is None else progress, log=log)
+                args.videos, args.checkpoint, **sampling_overrides(args), max_clips=args.max_clips, margin=args.margin,
+                vae=args.vae, audio_encoder=args.audio_encoder, progress=None if bar is None else progress, log=log)
             report = format_real_report(result)
         else:
             result = evaluate_checkpoint(
                 args.checkpoint, identities=args.identities, seconds=args.seconds, audio=args.audio,
-                sampler=args.sampler, steps=args.steps, seed=args.seed, drift_seconds=args.drift_seconds,
-                drift_window=args.drift_window, with_sampler_table=args.sampler_table, vae=args.vae,
-                audio_encoder=args.audio_encoder, audio_cfg=args.audio_cfg, portrait_cfg=args.portrait_cfg,
-                overlap_frames=args.overlap_frames, progress=None if bar is None else progress, log=log,
+                drift_seconds=args.drift_seconds, drift_window=args.drift_window,
+                with_sampler_table=args.sampler_table, vae=args.vae, audio_encoder=args.audio_encoder,
+                **sampling_overrides(args), progress=None if bar is None else progress, log=log,
             )
             report = format_report(result)
     except EspeakNotFoundError as error:

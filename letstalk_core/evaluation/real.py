@@ -50,10 +50,11 @@ class RealClip:
     mouth_box: tuple[int, int, int, int]  # top, bottom, left, right in pixels of the crop
 
 
-def load_real_clips(folder: Path, size: int, *, margin: float = 0.3, work_dir: Optional[Path] = None,
+def load_real_clips(folder: Path, size: int, *, margin: float = 0.3, fps: int = 25, work_dir: Optional[Path] = None,
                     log: Callable[[str], None] = lambda message: None) -> tuple[list[RealClip], list[tuple[str, str]]]:
-    """The clips to evaluate and the ones left out with why: a ``prepare`` folder's held-out clips, or every
-    video of a plain folder (prepared into ``work_dir`` first)."""
+    """The clips to evaluate and the ones left out with why: a ``prepare`` folder's held-out clips (at the
+    frame rate they were prepared at), or every video of a plain folder (prepared into ``work_dir`` first,
+    at ``fps``)."""
     from safetensors import safe_open
 
     from ..training.prepare import MANIFEST_NAME, prepare_dataset, read_manifest
@@ -67,7 +68,7 @@ def load_real_clips(folder: Path, size: int, *, margin: float = 0.3, work_dir: O
         if work_dir is None:
             raise ValueError("a folder of videos needs work_dir, where it is prepared")
         log(f"preparing the videos in {folder} at {size} px")
-        report = prepare_dataset(folder, work_dir, size=size, margin=margin, holdout_fraction=0.0)
+        report = prepare_dataset(folder, work_dir, size=size, fps=fps, margin=margin, holdout_fraction=0.0)
         left_out += report.skipped
         folder = Path(work_dir)
     manifest = read_manifest(folder)
@@ -99,12 +100,12 @@ def evaluate_videos(
     videos: str | Path,
     checkpoint=None,
     *,
-    sampler: str = "dpmpp_2m",
+    sampler: Optional[str] = None,
     steps: Optional[int] = None,
-    seed: int = 0,
-    audio_cfg: float = 1.0,
-    portrait_cfg: float = 1.0,
-    overlap_frames: int = 0,
+    seed: Optional[int] = None,
+    audio_cfg: Optional[float] = None,
+    portrait_cfg: Optional[float] = None,
+    overlap_frames: Optional[int] = None,
     max_clips: Optional[int] = None,
     margin: float = 0.3,
     vae=None,
@@ -118,25 +119,25 @@ def evaluate_videos(
     Returns ``settings``, ``metrics``, ``checks`` (each target with pass/fail), ``clips`` (per clip) and
     ``left_out`` (clips not evaluated, with the reason). Raises ValueError when no clip can be evaluated.
     """
-    from ..pipeline import DEFAULT_STEPS, LetsTalkPipeline
-    from ..sampling import SAMPLERS, check_overlap_frames
-    from .runner import (_StepCounter, _check_count, _clip_starts, _clips, _generate, _nanmean, _pooled_seams,
-                         _vae_round_trip, checks)
+    from ..pipeline import LetsTalkPipeline
+    from ..sampling.options import check_overrides
+    from .runner import _StepCounter, _clip_starts, _clips, _generate, _nanmean, _pooled_seams, _vae_round_trip, checks
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
-    steps = DEFAULT_STEPS[sampler] if steps is None else _check_count("steps", steps)
+    check_overrides(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+                    overlap_frames=overlap_frames)  # before the model loads
     if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
         raise ValueError(f"max_clips must be a positive integer, got {max_clips!r}")
     log = log or (lambda message: None)
     pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
         checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
     size, frames_per_clip = pipe.resolution, int(pipe.checkpoint.frames_per_clip)
-    check_overlap_frames(overlap_frames, frames_per_clip)
-    options = {"audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg, "overlap_frames": int(overlap_frames)}
+    options = pipe.options(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+                           overlap_frames=overlap_frames)  # the checkpoint's recommendation where None
+    overlap_frames, steps = options.overlap_frames, options.steps
 
     with tempfile.TemporaryDirectory(prefix="letstalk-evaluate-") as work:
-        clips, left_out = load_real_clips(Path(videos), size, margin=margin, work_dir=Path(work) / "prepared", log=log)
+        clips, left_out = load_real_clips(Path(videos), size, margin=margin, fps=round(options.fps),
+                                          work_dir=Path(work) / "prepared", log=log)
     if max_clips is not None:
         clips = clips[:max_clips]
     if not clips:
@@ -145,6 +146,7 @@ def evaluate_videos(
     if len({clip.fps for clip in clips}) != 1:
         raise ValueError("--videos: the clips were prepared at different frame rates")
     fps = clips[0].fps
+    options = options.replace(fps=fps)
 
     through_codec = _vae_round_trip(pipe.vae)
     videos_per_clip = 2 if len(clips) > 1 else 1  # its own speech, and another clip's for the floor
@@ -156,15 +158,15 @@ def evaluate_videos(
         meter = MouthMeter(clip.frames[0], clip.mouth_box)
         real_mouth = meter.raw(clip.frames)
         log(f"clip {index + 1}/{len(clips)} {clip.name}: its own speech")
-        made, took = _generate(pipe, portrait, clip.speech, sampler=sampler, steps=steps, seed=seed + index,
-                               counter=counter, fps=fps, **options)
+        made, took = _generate(pipe, portrait, clip.speech, options.replace(seed=options.seed + index),
+                               counter=counter)
         made_seconds, made_frames = made_seconds + took, made_frames + made.shape[0]
         # the floor: the same portrait with the next clip's speech (another sentence), against this clip's mouth
         partner = clips[(index + 1) % len(clips)] if len(clips) > 1 else None
         if partner is not None:
             log(f"clip {index + 1}/{len(clips)} {clip.name}: the speech of {partner.name} (the floor)")
-            other, _ = _generate(pipe, portrait, partner.speech, sampler=sampler, steps=steps, seed=seed + index,
-                                 counter=counter, fps=fps, **options)
+            other, _ = _generate(pipe, portrait, partner.speech, options.replace(seed=options.seed + index),
+                                 counter=counter)
             floor = sync_correlation(meter.raw(other), real_mouth)
         else:
             floor = float("nan")
@@ -194,7 +196,9 @@ def evaluate_videos(
     return {
         "checkpoint": str(getattr(pipe.checkpoint, "path", checkpoint)),
         "settings": {"videos": str(videos), "clips": [c.name for c in clips], "resolution": size, "fps": fps,
-                     "frames_per_clip": frames_per_clip, "sampler": sampler, "steps": steps, "seed": seed, **options},
+                     "frames_per_clip": frames_per_clip, "sampler": options.sampler, "steps": steps,
+                     "seed": options.seed, "audio_cfg": options.audio_cfg, "portrait_cfg": options.portrait_cfg,
+                     "overlap_frames": overlap_frames},
         "metrics": metrics, "checks": checks(metrics, REAL_TARGETS), "clips": results,
         "left_out": [{"name": name, "reason": reason} for name, reason in left_out],
     }

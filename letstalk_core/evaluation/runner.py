@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..sampling import check_overlap_frames, clip_plan
+from ..sampling import clip_plan
 from .metrics import MouthMeter, as_frames, drift_ratio, frame_changes, identity_errors, pearson, seam_ratio
 
 __all__ = ["TARGETS", "SAMPLER_TABLE", "EvalSample", "identity_seeds", "heldout_speech", "heldout_samples",
@@ -156,16 +156,16 @@ def _portrait(identity_seed: int, size: int) -> np.ndarray:
     return render_face(sample_identity(identity_seed), FacePose(), size)  # [R, R, 3] uint8
 
 
-def _generate(pipe, portrait: np.ndarray, speech: np.ndarray, *, sampler: str, steps: int, seed: int,
-              counter: _StepCounter, on_chunk: Optional[Callable[[torch.Tensor], None]] = None,
-              keep: bool = True, audio_cfg: float = 1.0, portrait_cfg: float = 1.0, overlap_frames: int = 0,
-              fps: int = FPS) -> tuple[Optional[torch.Tensor], float]:
-    """Generate the video for ``speech`` (16 kHz); returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
+def _generate(pipe, portrait: np.ndarray, speech: np.ndarray, options, *, counter: _StepCounter,
+              on_chunk: Optional[Callable[[torch.Tensor], None]] = None,
+              keep: bool = True) -> tuple[Optional[torch.Tensor], float]:
+    """Generate the video for ``speech`` (16 kHz) with ``options`` (:class:`SamplingOptions`, its fps
+    too); returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
     started = time.perf_counter()
-    conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=fps, crop=False, sample_rate=SAMPLE_RATE)
+    conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=options.fps, crop=False,
+                              sample_rate=SAMPLE_RATE)
     kept = []
-    for chunk in pipe.iter_frames(conditions, sampler=sampler, steps=steps, seed=seed, progress=counter.video(),
-                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames):
+    for chunk in pipe.iter_frames(conditions, options, progress=counter.video()):
         chunk = chunk.float().cpu()  # [n, H, W, 3]
         if on_chunk is not None:
             on_chunk(chunk)
@@ -209,16 +209,16 @@ def _clip_starts(num_frames: int, frames_per_clip: int, overlap_frames: int) -> 
     return [window.new_start for window in clip_plan(num_frames, frames_per_clip, overlap_frames)[1:]]
 
 
-def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], *, sampler: str, steps: int, seed: int,
-              counter: _StepCounter, **options) -> dict[str, Any]:
-    """Generate every sample once; sync, identity and seam numbers of that run."""
+def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], options, *,
+              counter: _StepCounter) -> dict[str, Any]:
+    """Generate every sample once (sample i with seed ``options.seed + i``); sync, identity and seam numbers."""
     frames_per_clip = int(pipe.checkpoint.frames_per_clip)
-    overlap = options.get("overlap_frames", 0)
+    overlap = options.overlap_frames
     per_sample, videos, seconds, clips, frames_made = [], [], 0.0, 0, 0
     for index, sample in enumerate(samples):
         portrait = _portrait(sample.identity_seed, pipe.resolution)
-        frames, took = _generate(pipe, portrait, sample.speech, sampler=sampler, steps=steps, seed=seed + index,
-                                 counter=counter, **options)
+        frames, took = _generate(pipe, portrait, sample.speech, options.replace(seed=options.seed + index),
+                                 counter=counter)
         seconds += took
         clips += _clips(frames.shape[0], frames_per_clip, overlap)
         frames_made += frames.shape[0]
@@ -259,18 +259,18 @@ def evaluate_checkpoint(
     identities=4,
     seconds: float = 4.0,
     audio: Sequence[str | Path] | None = None,
-    sampler: str = "dpmpp_2m",
+    sampler: Optional[str] = None,
     steps: Optional[int] = None,
-    seed: int = 0,
+    seed: Optional[int] = None,
     drift_seconds: float = 60.0,
     drift_window: float = 5.0,
     with_sampler_table: bool = False,
     sampler_settings: Sequence[tuple[str, int]] = SAMPLER_TABLE,
     vae=None,
     audio_encoder=None,
-    audio_cfg: float = 1.0,
-    portrait_cfg: float = 1.0,
-    overlap_frames: int = 0,
+    audio_cfg: Optional[float] = None,
+    portrait_cfg: Optional[float] = None,
+    overlap_frames: Optional[int] = None,
     device: str = "cpu",
     progress: Optional[Progress] = None,
     log: Optional[Callable[[str], None]] = None,
@@ -280,38 +280,32 @@ def evaluate_checkpoint(
     Returns a dict: ``settings``, ``metrics`` (the numbers), ``checks`` (each target with pass/fail),
     ``samples`` (per identity) and, with ``with_sampler_table``, ``sampler_table``. ``drift_seconds``
     0 skips the drift video. ``progress(done, total)`` counts model steps over the whole evaluation.
-    ``audio_cfg``/``portrait_cfg`` are the guidance scales of every video made (1: no guidance),
-    ``overlap_frames`` the clips' overlap (0: the authors' loop; seams are then counted where each clip's
-    new frames begin).
+    The sampling options (``sampler``, ``steps``, ``seed``, guidance scales ``audio_cfg``/``portrait_cfg``,
+    ``overlap_frames``) are the checkpoint's recommendation where None, as for ``generate``; with overlap,
+    seams are counted where each clip's new frames begin.
     """
-    from ..pipeline import DEFAULT_STEPS, LetsTalkPipeline
-    from ..sampling import SAMPLERS
-
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
-    steps = DEFAULT_STEPS[sampler] if steps is None else _check_count("steps", steps)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    from ..pipeline import LetsTalkPipeline
+    from ..sampling.options import SamplingOptions, check_overrides
+    check_overrides(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+                    overlap_frames=overlap_frames)  # before the model loads
     seconds = _check_seconds("seconds", seconds, 3 / FPS)
     drift_window = _check_seconds("drift_window", drift_window, 1 / FPS)
     drift_seconds = 0.0 if not drift_seconds else _check_seconds("drift_seconds", drift_seconds, 2 * drift_window)
     for name, steps_of in sampler_settings:
-        if name not in SAMPLERS:
-            raise ValueError(f"sampler table: sampler {name!r} is not known; accepted: {', '.join(SAMPLERS)}")
-        _check_count("sampler table steps", steps_of)
+        try:
+            SamplingOptions(sampler=name, steps=steps_of)
+        except ValueError as error:
+            raise ValueError(f"sampler table: {error}") from None
     log = log or (lambda message: None)
-    guidance = {"audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg}
-    for name, scale in guidance.items():
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"{name} must be a finite number >= 0 (1 = no guidance), got {scale!r}")
 
     samples = heldout_samples(identities, seconds, audio)
     pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
         checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
     size = pipe.resolution
     frames_per_clip = int(pipe.checkpoint.frames_per_clip)
-    check_overlap_frames(overlap_frames, frames_per_clip)
-    options = {**guidance, "overlap_frames": int(overlap_frames)}
+    options = pipe.options(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+                           overlap_frames=overlap_frames, fps=FPS)
+    sampler, steps, seed, overlap_frames = options.sampler, options.steps, options.seed, options.overlap_frames
 
     # the floor: sample i's ground truth against the video made for another sample's speech; when no
     # other sample has different speech, a video of identity i with fresh held-out speech is made
@@ -346,15 +340,15 @@ def evaluate_checkpoint(
                                          _clip_starts(sample.num_frames, frames_per_clip, overlap_frames)))
 
     log(f"lip sync: generating {len(samples)} videos with {sampler} {steps}")
-    main = _sync_run(pipe, samples, meters, sampler=sampler, steps=steps, seed=seed, counter=counter, **options)
+    main = _sync_run(pipe, samples, meters, options, counter=counter)
 
     floors = []
     for i, sample in enumerate(samples):
         partner = floor_partner[i]
         if partner is None:
             other = heldout_speech(sample.num_frames / FPS, seed=10_000 + i)
-            frames, _ = _generate(pipe, _portrait(sample.identity_seed, size), other, sampler=sampler, steps=steps,
-                                  seed=seed + 10_000 + i, counter=counter, **options)
+            frames, _ = _generate(pipe, _portrait(sample.identity_seed, size), other,
+                                  options.replace(seed=seed + 10_000 + i), counter=counter)
             measured = meters[i].measure(frames)
         else:
             measured = main["videos"][partner]["measured"]
@@ -395,8 +389,8 @@ def evaluate_checkpoint(
             drift_changes.append(frame_changes(chunk, previous=last[0]))
             last[0] = chunk[-1]
 
-        _generate(pipe, portrait, speech, sampler=sampler, steps=steps, seed=seed + 20_000, counter=counter,
-                  on_chunk=on_chunk, keep=False, **options)
+        _generate(pipe, portrait, speech, options.replace(seed=seed + 20_000), counter=counter, on_chunk=on_chunk,
+                  keep=False)
         errors = torch.cat(per_frame)  # [F]
         drift = drift_ratio(errors, FPS, drift_window)
         metrics.update(drift_ratio=drift["ratio"], drift_first_error=drift["first"], drift_last_error=drift["last"])
@@ -412,8 +406,8 @@ def evaluate_checkpoint(
         "settings": {"identities": [s.identity_seed for s in samples], "speech": [s.source for s in samples],
                      "seconds": seconds, "fps": FPS, "resolution": size, "frames_per_clip": frames_per_clip,
                      "sampler": sampler, "steps": steps, "seed": seed, "drift_seconds": drift_seconds,
-                     "drift_window": drift_window, "audio_cfg": audio_cfg, "portrait_cfg": portrait_cfg,
-                     "overlap_frames": int(overlap_frames)},
+                     "drift_window": drift_window, "audio_cfg": options.audio_cfg,
+                     "portrait_cfg": options.portrait_cfg, "overlap_frames": overlap_frames},
         "metrics": metrics,
         "checks": checks(metrics),
         "samples": main["per_sample"],
@@ -422,8 +416,8 @@ def evaluate_checkpoint(
         rows = []
         for name, steps_of in sampler_settings:
             log(f"sampler table: {name} {steps_of}")
-            run = _sync_run(pipe, samples, meters, sampler=name, steps=int(steps_of), seed=seed, counter=counter,
-                            **options)
+            run = _sync_run(pipe, samples, meters, options.replace(sampler=name, steps=int(steps_of)),
+                            counter=counter)
             rows.append({"sampler": name, "steps": int(steps_of), "sync": run["sync"],
                          "colour_error": run["colour_error"], "structure_error": run["structure_error"],
                          "identity_error": run["identity_error"], "seconds_per_clip": run["seconds_per_clip"],

@@ -28,12 +28,12 @@ from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
 from ..latents import LatentCodec, encode_portrait, images_to_comfy, load_vae, paste_back
 from ..latents.portrait import PortraitCrop
-from ..sampling import SAMPLERS, ClipLatents, iter_video_clips
+from ..sampling import ClipLatents, iter_video_clips
+from ..sampling.options import DEFAULT_STEPS, SamplingOptions, recommended_options  # noqa: F401 (re-exported)
 from ..video import Mp4Writer
 
 log = logging.getLogger("letstalk")
 
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpmpp_2m": 25, "euler": 50}
 # the checkpoint bundled with the pack, used when no checkpoint is named
 DEFAULT_CROP_MARGIN = 0.5  # for checkpoints that do not record the margin of their training crops
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "letstalk-demo.safetensors"
@@ -101,24 +101,14 @@ class Conditions:
         return self.audio.fps
 
 
-def _check_scale(name: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
-
-
-def _check_steps(sampler: str, steps) -> int:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
-    if steps is None:
-        return DEFAULT_STEPS[sampler]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
+def sampling_options(ckpt: LetsTalkCheckpoint, options: SamplingOptions | None = None,
+                     **overrides) -> SamplingOptions:
+    """``options`` (default: what ``ckpt`` recommends) with the ``overrides`` that are not None, checked
+    against the checkpoint: the one way every route (CLI, pipeline, nodes, evaluate) picks its options."""
+    base = options if options is not None else recommended_options(ckpt)
+    if not isinstance(base, SamplingOptions):
+        raise ValueError(f"options must be SamplingOptions, got {type(base).__name__}")
+    return base.replace(**overrides).check_for(ckpt)
 
 
 def load_parts(
@@ -229,38 +219,27 @@ def iter_clip_latents(
     ckpt: LetsTalkCheckpoint,
     portrait_latent: torch.Tensor,
     audio: AudioFeatures,
+    options: SamplingOptions,
     *,
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    seed: int = 0,
-    audio_cfg: float = 1.0,
-    portrait_cfg: float = 1.0,
-    overlap_frames: int = 0,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[ClipLatents]:
-    """Clip after clip of latents with the memory bank; inputs are checked before the first step."""
-    steps = _check_steps(sampler, steps)
-    audio_cfg = _check_scale("audio_cfg", audio_cfg)
-    portrait_cfg = _check_scale("portrait_cfg", portrait_cfg)
-    if (audio_cfg != 1 or portrait_cfg != 1) and not ckpt.supports_guidance:
-        raise ValueError(
-            f"checkpoint {ckpt.path} was trained without condition dropout, so guidance has no meaning for it; "
-            f"use audio_cfg=1 and portrait_cfg=1 (got {audio_cfg:g} and {portrait_cfg:g})"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    """Clip after clip of latents with the memory bank; ``options`` are checked against the checkpoint
+    before the first step (see :func:`sampling_options`)."""
+    if not isinstance(options, SamplingOptions):
+        raise ValueError(f"options must be SamplingOptions (see sampling_options), got {type(options).__name__}")
+    options.check_for(ckpt)
     model = ckpt.model
     device = next(model.parameters()).device
     radius = (int(ckpt.audio_proj.config.window_size) - 1) // 2
     windows = audio.windows(radius)[None].to(device)  # [1, F_padded, 2r+1, L, D]
-    generator = torch.Generator(device="cpu").manual_seed(seed % (1 << 63))
+    generator = torch.Generator(device="cpu").manual_seed(options.seed % (1 << 63))
     return iter_video_clips(
         model, portrait_latent.to(device), audio_windows=windows, audio_projection=ckpt.audio_proj,
         num_frames=audio.num_frames, frames_per_clip=ckpt.frames_per_clip, memory_frames=ckpt.memory_frames,
-        sampler=sampler, steps=steps, audio_scale=audio_cfg, portrait_scale=portrait_cfg,
-        guidance_supported=ckpt.supports_guidance, overlap_frames=overlap_frames, generator=generator, progress=progress,
-        should_stop=should_stop,
+        sampler=options.sampler, steps=options.steps, audio_scale=options.audio_cfg,
+        portrait_scale=options.portrait_cfg, guidance_supported=ckpt.supports_guidance,
+        overlap_frames=options.overlap_frames, generator=generator, progress=progress, should_stop=should_stop,
     )
 
 
@@ -317,7 +296,8 @@ class LetsTalkPipeline:
     """A loaded checkpoint with its VAE and audio encoder; call it with an image and speech.
 
         pipe = LetsTalkPipeline.from_pretrained("letstalk-demo.safetensors")
-        pipe("portrait.png", "speech.wav", out="talking.mp4", steps=25, sampler="dpmpp_2m")
+        pipe("portrait.png", "speech.wav", out="talking.mp4")  # the sampling the checkpoint recommends
+        pipe("portrait.png", "speech.wav", out="fast.mp4", sampler="dpmpp_2m", steps=15)  # overrides
     """
 
     def __init__(self, checkpoint: LetsTalkCheckpoint, vae: LatentCodec, audio_encoder: AudioEncoder):
@@ -340,35 +320,42 @@ class LetsTalkPipeline:
         margin = self.checkpoint.crop_margin
         return DEFAULT_CROP_MARGIN if margin is None else margin
 
-    def prepare(self, image, audio, *, fps=25, crop=True, margin=None, on_no_face="center",
+    def options(self, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:
+        """The checkpoint's recommended sampling options (or ``options``) with ``overrides`` not None."""
+        return sampling_options(self.checkpoint, options, **overrides)
+
+    def prepare(self, image, audio, *, fps=None, crop=True, margin=None, on_no_face="center",
                 sample_rate=None) -> Conditions:
-        """``margin`` None: :attr:`crop_margin`, so a portrait is framed as the training frames were."""
+        """``fps`` None: the checkpoint's; ``margin`` None: :attr:`crop_margin`, so a portrait is framed
+        as the training frames were."""
         margin = self.crop_margin if margin is None else margin
+        fps = self.options(fps=fps).fps
         return prepare_conditions(self.checkpoint, self.vae, self.audio_encoder, image, audio, fps=fps, crop=crop,
                                   margin=margin, on_no_face=on_no_face, sample_rate=sample_rate)
 
-    def iter_frames(self, conditions: Conditions, *, paste_back: bool = False, sampler: str = "ddpm",
-                    steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
-                    overlap_frames: int = 0, progress=None, should_stop=None) -> Iterator[torch.Tensor]:
-        """Frames ``[n, H, W, 3]`` 0..1, decoded as each clip finishes; ``num_frames`` in all."""
-        clips = iter_clip_latents(self.checkpoint, conditions.portrait_latent, conditions.audio, sampler=sampler,
-                                  steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
-                                  overlap_frames=overlap_frames, progress=progress, should_stop=should_stop)
+    def iter_frames(self, conditions: Conditions, options: SamplingOptions | None = None, *, paste_back: bool = False,
+                    progress=None, should_stop=None, **overrides) -> Iterator[torch.Tensor]:
+        """Frames ``[n, H, W, 3]`` 0..1, decoded as each clip finishes; ``num_frames`` in all. Sampling
+        options: ``options`` (default: the checkpoint's) with ``overrides`` (sampler, steps, seed,
+        audio_cfg, portrait_cfg, overlap_frames; None keeps the default)."""
+        options = self.options(options, **overrides)
+        clips = iter_clip_latents(self.checkpoint, conditions.portrait_latent, conditions.audio, options,
+                                  progress=progress, should_stop=should_stop)
         paste_into = conditions.original_image if paste_back else None
         return iter_frames(self.vae, clips, paste_into=paste_into, crop_box=conditions.portrait.crop_box)
 
-    def __call__(self, image, audio, *, out: str | Path | None = None, fps=25, crop: bool = True,
-                 paste_back: bool = False, margin: float | None = None, on_no_face: str = "center", sampler: str = "ddpm",
-                 steps: int | None = None, seed: int = 0, audio_cfg: float = 1.0, portrait_cfg: float = 1.0,
-                 overlap_frames: int = 0, progress=None, should_stop=None, sample_rate: int | None = None):
+    def __call__(self, image, audio, *, out: str | Path | None = None, options: SamplingOptions | None = None,
+                 crop: bool = True, paste_back: bool = False, margin: float | None = None,
+                 on_no_face: str = "center", progress=None, should_stop=None, sample_rate: int | None = None,
+                 **overrides):
         """With ``out``: stream into that mp4 (speech muxed) and return its path; without: all frames
-        ``[F, H, W, 3]`` float 0..1."""
-        writer = Mp4Writer(out, fps=fps) if out is not None else None  # refuses a bad path before any work
-        conditions = self.prepare(image, audio, fps=fps, crop=crop, margin=margin, on_no_face=on_no_face,
+        ``[F, H, W, 3]`` float 0..1. Sampling options as in :meth:`iter_frames` (``fps`` too)."""
+        options = self.options(options, **overrides)  # refused before any work
+        writer = Mp4Writer(out, fps=options.fps) if out is not None else None  # a bad path, too
+        conditions = self.prepare(image, audio, fps=options.fps, crop=crop, margin=margin, on_no_face=on_no_face,
                                   sample_rate=sample_rate)
-        frames = self.iter_frames(conditions, paste_back=paste_back, sampler=sampler, steps=steps, seed=seed,
-                                  audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames,
-                                  progress=progress, should_stop=should_stop)
+        frames = self.iter_frames(conditions, options, paste_back=paste_back, progress=progress,
+                                  should_stop=should_stop)
         if out is None:
             return torch.cat(list(frames), dim=0)
         return write_video(writer, frames, conditions.fps, conditions.speech)

@@ -20,22 +20,45 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
     parser.add_argument("--audio-encoder", default=None,
                         help="'mel', a wav2vec2/whisper folder or .safetensors (default: the checkpoint's)")
-    parser.add_argument("--sampler", default="ddpm", help="ddpm, ddim, dpmpp_2m or euler (default ddpm)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="model evaluations per clip (default: ddpm 250, ddim 50, dpmpp_2m 25, euler 50)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--audio-cfg", type=float, default=1.0, help="audio guidance scale (1 = none)")
-    parser.add_argument("--portrait-cfg", type=float, default=1.0, help="portrait guidance scale (1 = none)")
-    parser.add_argument("--overlap-frames", type=int, default=0,
-                        help="frames each clip repeats from the one before, held to it, for smoother clip "
-                             "boundaries (0 = the authors' loop; V frames of overlap in clips of F take about "
-                             "F/(F-V) times as long)")
+    add_sampling_arguments(parser)
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                         help="crop the face (face detection when installed, else the centre square)")
     parser.add_argument("--paste-back", action="store_true",
                         help="paste the animated crop back into the full image (output at its size)")
     parser.set_defaults(func=run)
+
+
+def add_sampling_arguments(parser, *, with_fps: bool = True) -> None:
+    """The sampling options every command that makes videos takes; left out, each is the checkpoint's
+    recommendation (``letstalk_core.sampling.options``)."""
+    group = parser.add_argument_group(
+        "sampling", "left out, each is what the checkpoint recommends (stored in the bundle; the authors' loop "
+                    "for the authors' checkpoints)")
+    group.add_argument("--sampler", default=None, help="ddpm, ddim, dpmpp_2m or euler")
+    group.add_argument("--steps", type=int, default=None,
+                       help="model evaluations per clip (with another --sampler than the checkpoint's: ddpm 250, "
+                            "ddim 50, dpmpp_2m 25, euler 50)")
+    group.add_argument("--seed", type=int, default=None, help="same seed, same video (default 0)")
+    if with_fps:
+        group.add_argument("--fps", type=float, default=None, help="video frame rate (default: the training videos')")
+    group.add_argument("--audio-cfg", type=float, default=None,
+                       help="audio guidance scale: how strongly the lips follow the speech (1 = none; above 1 "
+                            "costs a second model pass per step)")
+    group.add_argument("--portrait-cfg", type=float, default=None,
+                       help="portrait guidance scale: how strongly the face holds to the portrait (1 = none)")
+    group.add_argument("--overlap-frames", type=int, default=None,
+                       help="frames each clip repeats from the one before, held to it, for smoother clip "
+                            "boundaries (0 = none, the authors' loop; more costs time: with 8 frames per clip, "
+                            "4 of overlap take twice as long)")
+
+
+def sampling_overrides(args) -> dict:
+    """The sampling options given on the command line (None where left out)."""
+    given = {"sampler": args.sampler, "steps": args.steps, "seed": args.seed, "audio_cfg": args.audio_cfg,
+             "portrait_cfg": args.portrait_cfg, "overlap_frames": args.overlap_frames}
+    if hasattr(args, "fps"):
+        given["fps"] = args.fps
+    return given
 
 
 def run(args) -> int:
@@ -45,6 +68,9 @@ def run(args) -> int:
 
     from . import LetsTalkPipeline
 
+    from ..sampling.options import check_overrides
+
+    check_overrides(**sampling_overrides(args))  # before the model loads
     pipe = LetsTalkPipeline.from_pretrained(args.checkpoint, vae=args.vae, audio_encoder=args.audio_encoder)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
     steps_per_clip: list[int] = []
@@ -58,13 +84,12 @@ def run(args) -> int:
             bar.set_description(f"clip {min((done - 1) // per_clip + 1, total // per_clip)}/{total // per_clip}")
         bar.update(done - bar.n)
 
-    from ..pipeline import DEFAULT_STEPS
-
-    steps_per_clip.append(args.steps or DEFAULT_STEPS.get(args.sampler, 0))
+    options = pipe.options(**sampling_overrides(args))
+    print(f"sampling: {options.describe()}", flush=True)
+    steps_per_clip.append(options.steps)
     try:
-        out = pipe(args.image, args.audio, out=args.out, fps=args.fps, crop=args.crop, paste_back=args.paste_back,
-                   sampler=args.sampler, steps=args.steps, seed=args.seed, audio_cfg=args.audio_cfg,
-                   portrait_cfg=args.portrait_cfg, overlap_frames=args.overlap_frames, progress=progress)
+        out = pipe(args.image, args.audio, out=args.out, options=options, crop=args.crop, paste_back=args.paste_back,
+                   progress=progress)
     finally:
         bar.close()
     print(f"{out} ({time.monotonic() - started:.1f} s)")

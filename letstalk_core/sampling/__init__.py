@@ -13,6 +13,7 @@ from .long_video import (
     iter_video_clips,
     sample_video,
 )
+from .options import DEFAULT_STEPS, SamplingOptions, recommended_options
 from .schedules import (
     NUM_TRAIN_TIMESTEPS,
     SAMPLERS,
@@ -29,6 +30,9 @@ from .schedules import (
 )
 
 __all__ = [
+    "DEFAULT_STEPS",
+    "SamplingOptions",
+    "recommended_options",
     "NUM_TRAIN_TIMESTEPS",
     "SAMPLERS",
     "TIMESTEP_SPACINGS",

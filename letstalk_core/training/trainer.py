@@ -383,11 +383,15 @@ class TransformerTrainer:
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """The project-format checkpoint with the EMA weights (VAE bundled when known)."""
         from ..latents import load_vae, vae_bundle_entries
+        from ..sampling.options import PROJECT_DEFAULT
 
         path = Path(path) if path is not None else self.output_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
         model, audio_proj = self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.audio_proj)
         extra_tensors, extra_metadata = {}, {"training": self.training_metadata(),
-                                             "audio_encoder_config": self.audio_encoder_config()}
+                                             "audio_encoder_config": self.audio_encoder_config(),
+                                             # what sampling to start from; `convert --sampler ...` stores
+                                             # better settings once the model has been evaluated
+                                             "sampling": PROJECT_DEFAULT.recommendation()}
         codec = self.codec if self.codec is not None else (load_vae(self.vae_path) if self.vae_path else None)
         if codec is not None:
             extra_tensors, vae_metadata = vae_bundle_entries(codec)

@@ -150,6 +150,16 @@ def test_overlap_frames_beyond_the_clip_fail_by_name_and_older_prompts_without_i
     assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
 
 
+def test_a_sampler_added_by_hand_starts_at_the_basic_workflows_settings(tiny):
+    """Both leave the sampling to the checkpoint ("auto", -1), so they make the same video with any model."""
+    spec = tiny.client.object_info()["LetsTalkSampler"]["input"]
+    defaults = {name: value[1]["default"] for section in ("required", "optional")
+                for name, value in spec.get(section, {}).items()
+                if name in ("sampler", "steps", "audio_cfg", "portrait_cfg", "overlap_frames")}
+    shipped = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
+    assert len(defaults) == 5 and defaults == {name: shipped[name] for name in defaults}
+
+
 @pytest.mark.parametrize("name", ["letstalk_basic", "letstalk_long_audio"])
 def test_ui_workflows_match_their_api_twins(tiny, name):
     from scripts.workflow_ui import ui_to_api

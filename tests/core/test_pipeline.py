@@ -15,6 +15,7 @@ from PIL import Image
 from letstalk_core.latents import build_vae
 from letstalk_core.pipeline import LetsTalkPipeline, iter_clip_latents, load_parts
 from letstalk_core.sampling import SamplingCancelled
+from letstalk_core.sampling.options import SamplingOptions
 from letstalk_core.video import probe, read_video_frames
 from tests.helpers import (TINY_FRAMES_PER_CLIP, make_tiny_bundle, tiny_vae_config, write_portrait,
                            write_speechlike)
@@ -124,7 +125,7 @@ def test_guidance_needs_a_checkpoint_trained_with_dropout(assets):
     assert torch.isfinite(frames).all()
     conditions = pipe.prepare(assets["portrait"], assets["speech"])
     with pytest.raises(ValueError, match="trained without condition dropout"):
-        iter_clip_latents(plain, conditions.portrait_latent, conditions.audio, audio_cfg=2.0)
+        iter_clip_latents(plain, conditions.portrait_latent, conditions.audio, SamplingOptions(audio_cfg=2.0))
 
 
 @pytest.mark.parametrize("options,message", [
@@ -132,7 +133,7 @@ def test_guidance_needs_a_checkpoint_trained_with_dropout(assets):
     ({"sampler": "plms"}, "sampler 'plms' is not known"),
     ({"audio_cfg": -1.0}, "audio_cfg must be a finite number >= 0"),
     ({"portrait_cfg": float("nan")}, "portrait_cfg must be a finite number >= 0"),
-    ({"portrait_cfg": "lots"}, "portrait_cfg must be a number"),
+    ({"portrait_cfg": "lots"}, "portrait_cfg must be a finite number"),
     ({"overlap_frames": -1}, "overlap_frames must be an integer from 0 to frames_per_clip - 1"),
     ({"overlap_frames": 1000}, "overlap_frames must be an integer from 0 to frames_per_clip - 1"),
 ])

@@ -16,6 +16,7 @@ from scipy.stats import norm
 from letstalk_core.__main__ import main
 from letstalk_core.checkpoints import load_checkpoint
 from letstalk_core.latents import build_vae, load_shipped_config, load_vae, save_vae
+from letstalk_core.sampling.options import PROJECT_DEFAULT, recommended_options
 from letstalk_core.training.config import config_from_dict, load_config, load_preset, preset_names
 from letstalk_core.training.losses import (
     DiffusionSchedule,
@@ -103,6 +104,9 @@ def test_two_steps_write_a_loadable_checkpoint(tmp_path, tiny_vae):
     assert checkpoint.condition_dropout == {"audio": 0.2, "portrait": 0.2, "both": 0.2} and checkpoint.supports_guidance
     assert checkpoint.training["step"] == 2
     assert checkpoint.audio_encoder_config["type"] == "mel" and checkpoint.audio_encoder_config["n_mels"] == 16
+    # a trained checkpoint recommends the project's default sampling, at the fps it was trained at
+    assert recommended_options(checkpoint) == PROJECT_DEFAULT.replace(fps=checkpoint.training_fps)
+    assert "sampling" in checkpoint.metadata
     # the checkpoint holds the EMA weights, not the raw ones
     ema = dict(zip([n for n, _ in trainer.model.named_parameters()], trainer.ema.shadow_params))
     for name, value in checkpoint.model.named_parameters():
