@@ -52,9 +52,9 @@ class DecodeVideo(io.ComfyNode):
                         "the frame rate, ready for Create Video -> Save Video.",
             inputs=[
                 io.Latent.Input("video_latent", tooltip="From LetsTalk Sampler."),
-                io.Boolean.Input("paste_back", default=False,
-                                 tooltip="Paste the animated face crop back into the full portrait (frames at the "
-                                         "portrait's size, with a soft edge)."),
+                io.Boolean.Input("paste_back", default=True,
+                                 tooltip="On: the talking face is blended back into your whole picture (the video "
+                                         "has the picture's size). Off: only the square the model animates."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="A VAE from Load VAE; leave empty to decode with the VAE the portrait was "
                                      "encoded with."),
@@ -71,8 +71,8 @@ class DecodeVideo(io.ComfyNode):
         info = letstalk_info(video_latent)
         frames = torch.cat(list(decoded_frames(video_latent, info, paste_back, vae)), dim=0)  # [F, H, W, 3] 0..1
         speech, fps = info["speech"], info["fps"]
-        waveform = speech_for_frames(speech, frames.shape[0], fps)  # [T]
-        audio = {"waveform": waveform.reshape(1, 1, -1).float(), "sample_rate": speech.sample_rate}
+        track, rate = speech_for_frames(speech, frames.shape[0], fps)  # [C, T]: the speech as it came in
+        audio = {"waveform": track[None].float(), "sample_rate": rate}
         return io.NodeOutput(frames, audio, float(fps))
 
 
@@ -89,8 +89,9 @@ class DecodeVideoToFile(io.ComfyNode):
                         "so even an hour of speech never holds its frames in memory. Gives a VIDEO for Save Video.",
             inputs=[
                 io.Latent.Input("video_latent", tooltip="From LetsTalk Sampler."),
-                io.Boolean.Input("paste_back", default=False,
-                                 tooltip="Paste the animated face crop back into the full portrait."),
+                io.Boolean.Input("paste_back", default=True,
+                                 tooltip="On: the talking face is blended back into your whole picture (the video "
+                                         "has the picture's size). Off: only the square the model animates."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="A VAE from Load VAE; leave empty to decode with the portrait's VAE."),
             ],

@@ -30,11 +30,13 @@ ACCEPTED_INPUTS = (
 
 @dataclass(frozen=True)
 class MonoAudio:
-    """Mono speech ready for an audio encoder."""
+    """Mono speech ready for an audio encoder, and the track it came from (for the video's sound)."""
 
     samples: torch.Tensor  # [T] float32
     sample_rate: int
     source: str  # what the audio came from, for messages
+    track: torch.Tensor | None = None  # [C, T'] float32: the input at its own rate and channels
+    track_rate: int | None = None
 
     @property
     def num_samples(self) -> int:
@@ -43,6 +45,13 @@ class MonoAudio:
     @property
     def seconds(self) -> float:
         return self.num_samples / self.sample_rate
+
+    def original(self) -> tuple[torch.Tensor, int]:
+        """The track as the user gave it, ``([C, T], rate)``: what a made video should sound like.
+        The mono samples themselves when no other track was kept."""
+        if self.track is None:
+            return self.samples[None], self.sample_rate
+        return self.track, int(self.track_rate)
 
 
 def describe_source(audio) -> str:
@@ -71,6 +80,7 @@ def load_audio(
     """
     if isinstance(audio, MonoAudio):
         source, samples, rate = audio.source, audio.samples[None], audio.sample_rate
+        track, track_rate = audio.original()
     elif isinstance(audio, (str, Path)):
         source = describe_source(audio)
         samples, rate = _read_file(Path(audio))
@@ -90,12 +100,15 @@ def load_audio(
 
     samples = samples.to(torch.float32)  # [C, T]
     _check_samples(samples, rate, source)
+    if not isinstance(audio, MonoAudio):
+        track, track_rate = samples, rate  # kept for the video's sound, as given
     mono = samples.mean(dim=0)  # [T]
     if rate != target_sample_rate:
         mono = AF.resample(mono, rate, target_sample_rate)
     if loudness_lufs is not None:
         mono = normalize_loudness(mono, target_sample_rate, loudness_lufs)
-    return MonoAudio(samples=mono.contiguous(), sample_rate=target_sample_rate, source=source)
+    return MonoAudio(samples=mono.contiguous(), sample_rate=target_sample_rate, source=source, track=track,
+                     track_rate=track_rate)
 
 
 def normalize_loudness(samples: torch.Tensor, sample_rate: int, target_lufs: float = -23.0) -> torch.Tensor:

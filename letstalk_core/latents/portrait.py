@@ -421,17 +421,19 @@ def paste_back(
     original_image: Any,
     crop_box: Union[CropBox, PortraitCrop],
     *,
-    feather: int = 16,
+    feather: Optional[int] = None,
     background: str = "white",
 ) -> torch.Tensor:
-    """Put generated frames back into the full picture.
+    """Put generated frames back into the full picture, blended in with a soft edge.
 
     Args:
         frames: ``[N, h, w, 3]`` float 0..1 (ComfyUI IMAGE; use ``images_to_comfy`` on codec output).
         original_image: the picture the crop came from (any input :func:`load_image` takes).
         crop_box: ``(x0, y0, x1, y1)`` from :func:`prepare_portrait` (or the ``PortraitCrop`` itself).
         feather: width in pixels of the soft edge, inside the box, on the sides of the box that lie
-            inside the image (sides on the image border are pasted hard). 0 pastes a hard square.
+            inside the image (sides on the image border are pasted hard); the weight rises smoothly
+            (smoothstep) across it, so no edge of the box shows. None: a sixth of the box's shorter
+            side. 0 pastes a hard square.
     Returns:
         ``[N, H, W, 3]`` float32 0..1 at the original size; pixels outside the box are the original's.
     """
@@ -451,6 +453,8 @@ def paste_back(
     if ix1 <= ix0 or iy1 <= iy0:
         raise ValueError(f"crop_box {crop_box} does not overlap original_image of {w}x{h}; was it cropped from another image?")
     box_w, box_h = x1 - x0, y1 - y0
+    if feather is None:
+        feather = max(1, min(box_w, box_h) // 6)
     if isinstance(feather, bool) or not isinstance(feather, int) or feather < 0 or 2 * feather > min(box_w, box_h):
         raise ValueError(f"feather: expected an integer 0..{min(box_w, box_h) // 2} (half the crop side), got {feather!r}")
 
@@ -482,4 +486,5 @@ def _feather_mask(height: int, width: int, feather: int, soft: tuple[bool, bool,
 
     wx = ramp(width, left, right)  # [W]
     wy = ramp(height, top, bottom)  # [H]
-    return torch.minimum(wy[:, None], wx[None, :])  # [H, W]
+    weight = torch.minimum(wy[:, None], wx[None, :])  # [H, W], linear ramps
+    return weight * weight * (3.0 - 2.0 * weight)  # smoothstep: no kink where the ramp starts or ends

@@ -100,6 +100,11 @@ class Conditions:
     def fps(self) -> Fraction:
         return self.audio.fps
 
+    @property
+    def portrait_is_larger(self) -> bool:
+        """The picture is larger than the model's square: by default the face is pasted back into it."""
+        return max(self.portrait.image_size) > self.portrait.resolution
+
 
 def sampling_options(ckpt: LetsTalkCheckpoint, options: SamplingOptions | None = None,
                      **overrides) -> SamplingOptions:
@@ -267,15 +272,17 @@ def iter_frames(
             yield frames
 
 
-def speech_for_frames(speech: MonoAudio, num_frames: int, fps) -> torch.Tensor:
-    """The speech trimmed (or padded with silence) to exactly ``num_frames`` video frames -> ``[T]``."""
+def speech_for_frames(speech: MonoAudio, num_frames: int, fps) -> tuple[torch.Tensor, int]:
+    """The user's own track (its rate and channels, not the encoder's 16 kHz mono copy), trimmed or
+    padded with silence to exactly ``num_frames`` video frames -> ``([C, T], rate)``."""
     from ..audio import as_fps
 
-    samples = round(num_frames / as_fps(fps) * speech.sample_rate)
-    waveform = speech.samples[:samples]
-    if waveform.shape[0] < samples:  # the last frame outlasts the speech
-        waveform = torch.nn.functional.pad(waveform, (0, samples - waveform.shape[0]))
-    return waveform
+    track, rate = speech.original()  # [C, T]
+    samples = round(num_frames / as_fps(fps) * rate)
+    track = track[:, :samples]
+    if track.shape[1] < samples:  # the last frame outlasts the speech
+        track = torch.nn.functional.pad(track, (0, samples - track.shape[1]))
+    return track, rate
 
 
 def write_video(destination: str | Path | Mp4Writer, frames: Iterator[torch.Tensor], fps,
@@ -285,8 +292,9 @@ def write_video(destination: str | Path | Mp4Writer, frames: Iterator[torch.Tens
     :class:`Mp4Writer` made earlier, so a bad output path is refused before any work is done."""
     writer = destination if isinstance(destination, Mp4Writer) else Mp4Writer(destination, fps=fps)
     with writer:
-        if speech is not None:
-            writer.set_audio(speech.samples.numpy(), speech.sample_rate)
+        if speech is not None:  # the user's own track at its own rate and channels; cut to the video at close
+            track, rate = speech.original()
+            writer.set_audio(track.numpy(), rate)
         for chunk in frames:
             writer.write(chunk)
     return Path(writer.path)
@@ -333,19 +341,24 @@ class LetsTalkPipeline:
         return prepare_conditions(self.checkpoint, self.vae, self.audio_encoder, image, audio, fps=fps, crop=crop,
                                   margin=margin, on_no_face=on_no_face, sample_rate=sample_rate)
 
-    def iter_frames(self, conditions: Conditions, options: SamplingOptions | None = None, *, paste_back: bool = False,
-                    progress=None, should_stop=None, **overrides) -> Iterator[torch.Tensor]:
+    def iter_frames(self, conditions: Conditions, options: SamplingOptions | None = None, *,
+                    paste_back: bool | None = None, progress=None, should_stop=None,
+                    **overrides) -> Iterator[torch.Tensor]:
         """Frames ``[n, H, W, 3]`` 0..1, decoded as each clip finishes; ``num_frames`` in all. Sampling
         options: ``options`` (default: the checkpoint's) with ``overrides`` (sampler, steps, seed,
-        audio_cfg, portrait_cfg, overlap_frames; None keeps the default)."""
+        audio_cfg, portrait_cfg, overlap_frames; None keeps the default). ``paste_back``: the face
+        pasted back into the whole picture (frames at its size); None: when the picture is larger than
+        the model's square (:attr:`Conditions.portrait_is_larger`); False: the model's square crop."""
         options = self.options(options, **overrides)
         clips = iter_clip_latents(self.checkpoint, conditions.portrait_latent, conditions.audio, options,
                                   progress=progress, should_stop=should_stop)
+        if paste_back is None:
+            paste_back = conditions.portrait_is_larger
         paste_into = conditions.original_image if paste_back else None
         return iter_frames(self.vae, clips, paste_into=paste_into, crop_box=conditions.portrait.crop_box)
 
     def __call__(self, image, audio, *, out: str | Path | None = None, options: SamplingOptions | None = None,
-                 crop: bool = True, paste_back: bool = False, margin: float | None = None,
+                 crop: bool = True, paste_back: bool | None = None, margin: float | None = None,
                  on_no_face: str = "center", progress=None, should_stop=None, sample_rate: int | None = None,
                  **overrides):
         """With ``out``: stream into that mp4 (speech muxed) and return its path; without: all frames

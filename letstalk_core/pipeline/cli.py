@@ -23,8 +23,10 @@ def add_parser(subparsers) -> None:
     add_sampling_arguments(parser)
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                         help="crop the face (face detection when installed, else the centre square)")
-    parser.add_argument("--paste-back", action="store_true",
-                        help="paste the animated crop back into the full image (output at its size)")
+    parser.add_argument("--paste-back", action=argparse.BooleanOptionalAction, default=None,
+                        help="paste the talking face back into the whole portrait, with a soft edge (the video is "
+                             "the portrait's size); by default when the portrait is larger than the model's square. "
+                             "--no-paste-back keeps the model's square crop")
     parser.set_defaults(func=run)
 
 

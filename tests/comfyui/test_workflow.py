@@ -57,7 +57,8 @@ def test_basic_workflow_saves_a_talking_mp4(tiny):
     assert info.frame_count == math.ceil(1.0 * 25)
     assert info.has_audio
     assert abs(info.audio_duration - info.frame_count / float(info.fps)) <= 1 / float(info.fps)
-    assert (info.width, info.height) == (64, 64)
+    assert (info.width, info.height) == (96, 96)  # the face pasted back into the 96 px portrait
+    assert (info.audio_sample_rate, info.audio_channels) == (22050, 2)  # talk.wav as it came in
 
 
 def run_noting_cached(comfy, workflow) -> tuple[dict, list]:

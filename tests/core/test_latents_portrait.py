@@ -237,6 +237,21 @@ def test_paste_back_keeps_outside_pixels_and_blends_a_feathered_edge():
     assert torch.all(hard[0, 20:100, 50:130] == 0.0)
 
 
+def test_paste_back_by_default_shows_no_box():
+    """A face that came back a little brighter than the picture around it: the default soft edge spreads
+    the difference so that no two neighbouring pixels differ by more than a fraction of it."""
+    original = torch.full((288, 360, 3), 0.5)  # a 360x288 picture
+    box = (100, 60, 260, 220)  # 160x160 around the face
+    frames = torch.full((2, 128, 128, 3), 0.6)  # the model's 128 px square, 0.1 brighter
+    out = paste_back(frames, original, box)
+    assert out.shape == (2, 288, 360, 3)
+    torch.testing.assert_close(out[:, 140, 180], torch.full((2, 3), 0.6))  # the face itself is the model's
+    assert torch.equal(out[:, :60], original[:60].expand(2, -1, -1, -1))  # outside the box: untouched
+    jumps = max(out.diff(dim=1).abs().max(), out.diff(dim=2).abs().max())
+    assert jumps < 0.1 / 10, jumps  # a hard paste jumps by the whole 0.1 at the box's edge
+    assert paste_back(frames, original, box, feather=0).diff(dim=2).abs().max() > 0.099
+
+
 def test_paste_back_at_the_border_and_for_padded_boxes():
     original = _gradient(100, 150)
     orig = load_image(original)

@@ -57,14 +57,14 @@ def test_mp4_frame_count_and_av_duration(pipe, assets, tmp_path, seconds, fps):
     assert info.frame_count == expected
     assert info.has_audio
     assert abs(info.audio_duration - info.frame_count / info.fps) <= 1 / info.fps
-    assert (info.height, info.width) == (64, 64)  # sample size 8 x VAE factor 8
+    assert (info.height, info.width) == (96, 96)  # the 96 px portrait: the face is pasted back by default
 
 
 def test_same_seed_same_frames_and_other_seed_differs(pipe, assets):
     first = pipe(assets["portrait"], assets["speech"], seed=3, **FAST)
     again = pipe(assets["portrait"], assets["speech"], seed=3, **FAST)
     other = pipe(assets["portrait"], assets["speech"], seed=4, **FAST)
-    assert first.shape == (25, 64, 64, 3)
+    assert first.shape == (25, 96, 96, 3)  # pasted back into the 96 px portrait
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
 
@@ -89,6 +89,31 @@ def test_frames_stream_clip_by_clip(pipe, assets, tmp_path):
 def test_paste_back_keeps_the_original_size(pipe, assets):
     frames = pipe(assets["wide"], assets["speech"], paste_back=True, **FAST)
     assert frames.shape == (25, 96, 136, 3)
+    # by default only a picture larger than the model's square is pasted into; False keeps the crop
+    assert pipe(assets["wide"], assets["speech"], **FAST).shape == (25, 96, 136, 3)
+    assert pipe(assets["wide"], assets["speech"], paste_back=False, **FAST).shape == (25, 64, 64, 3)
+    small = write_portrait(assets["root"] / "small.png", size=64)
+    assert pipe(small, assets["speech"], **FAST).shape == (25, 64, 64, 3)
+
+
+def test_the_video_sounds_like_the_users_own_track(pipe, assets, tmp_path):
+    """AAC 48 kHz stereo in, 48 kHz stereo out (not the encoder's 16 kHz mono copy), cut to the frames."""
+    import subprocess as sp
+
+    import imageio_ffmpeg
+
+    stereo = write_speechlike(tmp_path / "stereo.wav", 0.9, sample_rate=48000, channels=2)
+    aac = tmp_path / "speech.m4a"
+    sp.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(stereo), "-c:a", "aac", str(aac)], check=True)
+    out = pipe(assets["portrait"], aac, out=tmp_path / "talk.mp4", **FAST)
+    info = probe(out)
+    assert (info.audio_sample_rate, info.audio_channels) == (48000, 2)
+    assert abs(info.audio_duration - info.frame_count / info.fps) <= 1 / info.fps
+    speech = pipe.prepare(assets["portrait"], aac).speech
+    track, rate = speech.original()
+    assert rate == 48000 and track.shape[0] == 2 and speech.sample_rate == 16000
+    with pytest.raises(ValueError, match="finite"):
+        pipe(assets["portrait"], (torch.full((2, 16000), float("nan")), 16000), **FAST)
 
 
 def test_portraits_are_cropped_with_the_margin_the_checkpoint_was_trained_with(pipe, assets):
