@@ -62,7 +62,7 @@ def main() -> int:
         del pipe
 
         # --- the same through ComfyUI's API ----------------------------------------------------------
-        workflow = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())
+        workflow = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
         workflow["3"]["inputs"]["checkpoint"] = "bench.safetensors"
         workflow["7"]["inputs"].update(options)
         with ComfyServer(base, output_dir=root / "out") as server:

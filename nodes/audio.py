@@ -31,7 +31,8 @@ class LoadLetsTalkAudioEncoder(io.ComfyNode):
                             ".safetensors or a Hugging Face folder).",
                 ),
             ],
-            outputs=[LetsTalkAudioEncoder.Output(display_name="audio_encoder")],
+            outputs=[LetsTalkAudioEncoder.Output(display_name="audio_encoder",
+                                                    tooltip="Into LetsTalk Encode Audio.")],
         )
 
     @classmethod
@@ -88,8 +89,10 @@ class EncodeAudio(io.ComfyNode):
                                        "25 is what the official models were trained with."),
             ],
             outputs=[
-                LetsTalkAudio.Output(display_name="letstalk_audio"),
-                io.Int.Output(display_name="frame_count"),
+                LetsTalkAudio.Output(display_name="letstalk_audio",
+                                     tooltip="The speech, ready for LetsTalk Sampler."),
+                io.Int.Output(display_name="frame_count",
+                              tooltip="How many video frames the speech lasts (its seconds x fps, rounded up)."),
             ],
         )
 

@@ -72,7 +72,8 @@ class LoadLetsTalkModel(io.ComfyNode):
                 io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
                                tooltip="Weights dtype. auto: what ComfyUI picks for the device (fp32 on a CPU)."),
             ],
-            outputs=[LetsTalkModel.Output(display_name="letstalk_model")],
+            outputs=[LetsTalkModel.Output(display_name="letstalk_model",
+                                         tooltip="Into LetsTalk Portrait Condition and LetsTalk Sampler.")],
         )
 
     @classmethod

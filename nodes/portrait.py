@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from comfy_api.latest import io
+from server import PromptServer
 
 from letstalk_core.latents.portrait import PortraitCrop, prepare_portrait
-from letstalk_core.pipeline import check_codec, latent_scaling_factor
+from letstalk_core.pipeline import check_codec, crop_margin, latent_scaling_factor
 
 from .comfy_vae import ComfyVAECodec
 from .model import LoadedLetsTalk
@@ -57,17 +58,22 @@ class PortraitCondition(io.ComfyNode):
                 io.Boolean.Input("crop_face", default=True,
                                  tooltip="Crop a square around the detected face (MTCNN, when facenet-pytorch is "
                                          "installed); off: the centre square."),
-                io.Float.Input("margin", default=0.5, min=0.0, max=2.0, step=0.05,
-                               tooltip="Extra room around the face, as a fraction of its size on every side."),
+                io.Float.Input("margin", default=-1.0, min=-1.0, max=2.0, step=0.05,
+                               tooltip="Room around the face, as a fraction of its size on every side: more "
+                                       "shows more hair and shoulders, less a closer face. -1: as the model's "
+                                       "training faces were framed (the checkpoint's, else 0.5)."),
                 io.Combo.Input("if_no_face", options=["center crop", "error"], default="center crop",
                                tooltip="What to do when no face is found: take the centre square (with a "
-                                       "warning in the log) or stop with an error."),
+                                       "warning on this node and in the log) or stop with an error."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="A VAE from Load VAE; leave empty to use the checkpoint's own."),
             ],
+            hidden=[io.Hidden.unique_id],
             outputs=[
-                LetsTalkPortrait.Output(display_name="portrait"),
-                io.Image.Output(display_name="crop"),
+                LetsTalkPortrait.Output(display_name="portrait", tooltip="The face, ready for LetsTalk Sampler."),
+                io.Image.Output(display_name="crop",
+                                tooltip="The square the model animates: look at it with Preview Image to check "
+                                        "the face was found and framed well."),
             ],
         )
 
@@ -76,8 +82,13 @@ class PortraitCondition(io.ComfyNode):
         codec = codec_for(letstalk_model, vae)
         resolution = int(letstalk_model.checkpoint.model.config.sample_size) * codec.downscale_factor
         original = image[:1, :, :, :3].float()  # [1, H, W, 3] 0..1
+        margin = crop_margin(letstalk_model.checkpoint, None if margin < 0 else margin)
         crop = prepare_portrait(original, resolution, margin=margin,
                                 on_no_face="error" if if_no_face == "error" else "center",
                                 detector="mtcnn" if crop_face else "none", name="image")
+        if crop_face and not crop.face_detected:
+            warning = "LetsTalk: no face found in the image, so its centre square is animated (see the crop output)"
+            log.warning(warning)
+            PromptServer.instance.send_progress_text(warning, cls.hidden.unique_id)
         portrait_latent = codec.encode(crop.pixels)  # [1, C, h, w]
         return io.NodeOutput(PortraitConditioning(portrait_latent, crop, original, codec), crop.comfy_image)

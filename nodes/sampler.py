@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from PIL import Image
@@ -13,7 +14,7 @@ from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
 from letstalk_core.pipeline import iter_clip_latents, sampling_options
-from letstalk_core.sampling import SAMPLERS
+from letstalk_core.sampling import SAMPLERS, clip_plan
 from letstalk_core.sampling.options import check_overrides
 
 from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait
@@ -84,7 +85,8 @@ class LetsTalkSampler(io.ComfyNode):
                                      "the joins between clips. 0: none (fastest); more frames cost time (4 of 8: "
                                      "twice the time). -1: what the checkpoint recommends (the demo model: 4)."),
             ],
-            outputs=[io.Latent.Output(display_name="video_latent")],
+            outputs=[io.Latent.Output(display_name="video_latent",
+                                      tooltip="The sampled video; decode it with a LetsTalk Decode Video node.")],
         )
 
     @classmethod
@@ -111,9 +113,13 @@ class LetsTalkSampler(io.ComfyNode):
             progress=lambda done, total: bar.update_absolute(done, total),
             should_stop=_stop_if_interrupted,
         )
-        finished = []
+        total = len(clip_plan(features.num_frames, ckpt.frames_per_clip, options.overlap_frames))
+        started, finished = time.monotonic(), []
         for clip in clips:
             finished.append(clip.latents.float().cpu())
+            elapsed = time.monotonic() - started
+            log.info("LetsTalk: clip %d/%d done, %.0f s so far, about %.0f s left", len(finished), total, elapsed,
+                     elapsed / len(finished) * (total - len(finished)))
             preview = clip_preview(portrait.codec, clip.latents)
             if preview is not None:
                 bar.update_absolute(bar.current, bar.total, preview)

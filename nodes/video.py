@@ -60,9 +60,10 @@ class DecodeVideo(io.ComfyNode):
                                      "encoded with."),
             ],
             outputs=[
-                io.Image.Output(display_name="frames"),
-                io.Audio.Output(display_name="audio"),
-                io.Float.Output(display_name="fps"),
+                io.Image.Output(display_name="frames", tooltip="The video's frames, into Create Video."),
+                io.Audio.Output(display_name="audio",
+                                tooltip="Your speech, cut to the video's length, into Create Video."),
+                io.Float.Output(display_name="fps", tooltip="The video's frame rate, into Create Video."),
             ],
         )
 
@@ -95,7 +96,8 @@ class DecodeVideoToFile(io.ComfyNode):
                 io.Vae.Input("vae", optional=True,
                              tooltip="A VAE from Load VAE; leave empty to decode with the portrait's VAE."),
             ],
-            outputs=[io.Video.Output(display_name="video")],
+            outputs=[io.Video.Output(display_name="video",
+                                     tooltip="The finished mp4 with your speech, into Save Video.")],
         )
 
     @classmethod

@@ -4,7 +4,7 @@ Used by the test suite (one server per pytest session), by ``scripts/demo.sh`` a
 benchmarks. Nothing here imports ComfyUI: the server runs in its own process and is reached on
 127.0.0.1 only.
 
-    python scripts/comfy_harness.py run workflows/letstalk_basic_api.json --output-dir output
+    python scripts/comfy_harness.py run workflows/api/letstalk_basic_api.json --output-dir output
     python scripts/comfy_harness.py serve --port 8188          # until Ctrl-C
 
 ComfyUI is taken from ``$COMFYUI_DIR`` when it is set (a user's own install), otherwise from the

@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 
-WORKFLOW="$ROOT/workflows/letstalk_basic_api.json"
+WORKFLOW="$ROOT/workflows/api/letstalk_basic_api.json"
 MODEL="$ROOT/models/letstalk-demo.safetensors"
 PORTRAIT="$ROOT/workflows/examples/portrait.png"
 SPEECH="$ROOT/workflows/examples/speech.wav"

@@ -6,7 +6,7 @@ value after an INT that has "control after generate" (the seed's fixed/randomize
 in the list even when a widget is driven by a link. This module does that mapping both ways, so the
 repository's UI workflows are generated from, and tested against, the API ones.
 
-    python scripts/workflow_ui.py to-ui workflows/letstalk_basic_api.json OBJECT_INFO.json > letstalk_basic.json
+    python scripts/workflow_ui.py to-ui workflows/api/letstalk_basic_api.json OBJECT_INFO.json > letstalk_basic.json
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_FIXTURES = REPO / "tests" / "fixtures" / "official_letstalk"
 # optional material beside the repository (real footage, third-party weights): tests of it skip without it
 SHARED = Path(os.environ.get("LETSTALK_SHARED", REPO.parent / "shared"))
+# the UI workflows (ComfyUI's template browser lists workflows/*.json by file name) and their API twins
+TEMPLATES = {"LetsTalk portrait to talking video": "letstalk_basic_api",
+             "LetsTalk long speech to mp4": "letstalk_long_audio_api"}
 
 
 def shared_path(*parts: str) -> Path:

@@ -116,6 +116,14 @@ def sampling_options(ckpt: LetsTalkCheckpoint, options: SamplingOptions | None =
     return base.replace(**overrides).check_for(ckpt)
 
 
+def crop_margin(ckpt: LetsTalkCheckpoint, margin: float | None = None) -> float:
+    """``margin`` when given, else the face-crop margin the checkpoint's training frames had (``prepare
+    --margin``), else 0.5: a portrait is framed as the model saw faces in training."""
+    if margin is not None:
+        return margin
+    return DEFAULT_CROP_MARGIN if ckpt.crop_margin is None else ckpt.crop_margin
+
+
 def load_parts(
     checkpoint: str | Path | LetsTalkCheckpoint | None = None,
     *,
@@ -325,8 +333,7 @@ class LetsTalkPipeline:
     @property
     def crop_margin(self) -> float:
         """The face-crop margin the checkpoint was trained with (``prepare --margin``), else 0.5."""
-        margin = self.checkpoint.crop_margin
-        return DEFAULT_CROP_MARGIN if margin is None else margin
+        return crop_margin(self.checkpoint)
 
     def options(self, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:
         """The checkpoint's recommended sampling options (or ``options``) with ``overrides`` not None."""
@@ -336,7 +343,7 @@ class LetsTalkPipeline:
                 sample_rate=None) -> Conditions:
         """``fps`` None: the checkpoint's; ``margin`` None: :attr:`crop_margin`, so a portrait is framed
         as the training frames were."""
-        margin = self.crop_margin if margin is None else margin
+        margin = crop_margin(self.checkpoint, margin)
         fps = self.options(fps=fps).fps
         return prepare_conditions(self.checkpoint, self.vae, self.audio_encoder, image, audio, fps=fps, crop=crop,
                                   margin=margin, on_no_face=on_no_face, sample_rate=sample_rate)

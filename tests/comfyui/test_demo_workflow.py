@@ -32,7 +32,7 @@ def test_demo_model_is_a_choice_and_the_default(comfy):
 def test_shipped_workflow_animates_the_bundled_example(comfy):
     for name in ("portrait.png", "speech.wav"):
         shutil.copyfile(EXAMPLES / name, comfy.input_dir / name)
-    workflow = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
     outputs = comfy.client.run(workflow, timeout=900)
     videos = [comfy.default_output_dir / item["subfolder"] / item["filename"]
               for node in outputs.values() for items in node.values() if isinstance(items, list)

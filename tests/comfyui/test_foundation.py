@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ import pytest
 from scripts import install_comfyui
 from scripts.comfy_harness import (PACK_NAME, ComfyNotFoundError, ComfyServer, ComfyValidationError,
                                    comfyui_dir, port_is_free)
+
+from tests.helpers import TEMPLATES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,6 +52,24 @@ def test_every_declared_node_is_registered_with_inputs_and_outputs(comfy_client)
         for input_name, spec in info["input"]["required"].items():
             options = spec[1] if len(spec) > 1 else {}
             assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_template_browser_lists_the_ui_workflows_each_with_its_thumbnail(comfy, comfy_client):
+    """Templates -> Extensions -> ComfyUI-LetsTalk: the UI workflows by their readable names (the API
+    twins sit in workflows/api/, which the browser does not scan), each with a JPEG of what it makes."""
+    import urllib.parse
+    import urllib.request
+
+    from PIL import Image
+
+    listed = comfy_client.get("/workflow_templates")
+    assert sorted(listed[PACK_NAME]) == sorted(TEMPLATES)
+    for name in TEMPLATES:
+        url = f"{comfy.url}/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(name)}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg"
+            thumbnail = Image.open(io.BytesIO(response.read()))
+        assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128, (name, thumbnail.size)
 
 
 def test_refused_workflow_names_node_and_input(comfy_client):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import TEMPLATES
+
 REPO = Path(__file__).resolve().parents[2]
 NODE_MODULES = REPO / ".venv" / "node" / "node_modules"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,7 +21,7 @@ FRONTEND_ONLY = {"audioUI"}  # values the front end keeps for its own widgets (t
 @pytest.mark.skipif(not (CHROMIUM and shutil.which("node") and (NODE_MODULES / "playwright-core").is_dir()),
                     reason="needs chromium, node and playwright-core (scripts/setup.sh installs them)")
 def test_front_end_loads_ui_workflows_and_submits_their_api_twins(comfy):
-    names = ["letstalk_basic", "letstalk_long_audio"]
+    names = list(TEMPLATES)
     files = [str(REPO / "workflows" / f"{name}.json") for name in names]
     result = subprocess.run(["node", str(Path(__file__).with_name("frontend_prompt.js")), CHROMIUM, comfy.url, *files],
                             capture_output=True, text=True, timeout=600,
@@ -28,7 +30,7 @@ def test_front_end_loads_ui_workflows_and_submits_their_api_twins(comfy):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["errors"] == []
     for name, file in zip(names, files):
-        api = json.loads((REPO / "workflows" / f"{name}_api.json").read_text())
+        api = json.loads((REPO / "workflows" / "api" / f"{TEMPLATES[name]}.json").read_text())
         prompt = report["prompts"][file]
         assert set(prompt) == set(api)
         for node_id, node in api.items():

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def workflow(checkpoint: str, prefix: str) -> dict:
-    prompt = copy.deepcopy(json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text()))
+    prompt = copy.deepcopy(json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text()))
     prompt["1"]["inputs"]["image"] = "mem_face.png"
     prompt["2"]["inputs"]["audio"] = "mem_talk.wav"
     prompt["3"]["inputs"]["checkpoint"] = checkpoint

@@ -43,7 +43,7 @@ def test_sampler_sends_one_preview_per_clip(tmp_path):
         make_tiny_bundle(server.models_dir / "letstalk" / "tiny.safetensors")
         write_portrait(server.input_dir / "face.png")
         write_speechlike(server.input_dir / "talk.wav", 0.46)  # 12 frames: 3 clips of 4
-        workflow = copy.deepcopy(json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text()))
+        workflow = copy.deepcopy(json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text()))
         workflow["1"]["inputs"]["image"] = "face.png"
         workflow["2"]["inputs"]["audio"] = "talk.wav"
         workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"

@@ -14,10 +14,10 @@ from PIL import Image
 
 from letstalk_core.video import probe
 from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
-from tests.helpers import TINY_SAMPLER_INPUTS, make_tiny_bundle, write_portrait, write_speechlike
+from tests.helpers import TEMPLATES, TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS, make_tiny_bundle, write_portrait, write_speechlike
 
 REPO = Path(__file__).resolve().parents[2]
-BASIC = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())
+BASIC = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -151,22 +151,40 @@ def test_overlap_frames_beyond_the_clip_fail_by_name_and_older_prompts_without_i
     assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
 
 
+def test_the_terminal_shows_the_settings_each_clip_and_a_missing_face(tiny):
+    from PIL import Image
+
+    from letstalk_core.sampling import clip_plan
+
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(tiny.input_dir / "blank.png")
+    before = len(tiny.log())
+    outputs = tiny.client.run(basic_workflow(**{"1__image": "blank.png", "10__filename_prefix": "blank/x"}))
+    assert saved_videos(tiny, outputs)
+    log = tiny.log()[before:]
+    assert "LetsTalk: no face found in the image, so its centre square is animated" in log
+    assert "LetsTalk sampling: ddim 2 steps, audio guidance 1" in log
+    clips = len(clip_plan(25, TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS["overlap_frames"]))
+    for done in range(1, clips + 1):
+        assert f"LetsTalk: clip {done}/{clips} done" in log, log[-2000:]
+    assert "about 0 s left" in log
+
+
 def test_a_sampler_added_by_hand_starts_at_the_basic_workflows_settings(tiny):
     """Both leave the sampling to the checkpoint ("auto", -1), so they make the same video with any model."""
     spec = tiny.client.object_info()["LetsTalkSampler"]["input"]
     defaults = {name: value[1]["default"] for section in ("required", "optional")
                 for name, value in spec.get(section, {}).items()
                 if name in ("sampler", "steps", "audio_cfg", "portrait_cfg", "overlap_frames")}
-    shipped = json.loads((REPO / "workflows" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
+    shipped = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
     assert len(defaults) == 5 and defaults == {name: shipped[name] for name in defaults}
 
 
-@pytest.mark.parametrize("name", ["letstalk_basic", "letstalk_long_audio"])
+@pytest.mark.parametrize("name", list(TEMPLATES))
 def test_ui_workflows_match_their_api_twins(tiny, name):
     from scripts.workflow_ui import ui_to_api
 
     ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
-    api = json.loads((REPO / "workflows" / f"{name}_api.json").read_text())
+    api = json.loads((REPO / "workflows" / "api" / f"{TEMPLATES[name]}.json").read_text())
     converted = ui_to_api(ui, tiny.client.object_info())
     assert {k: v["inputs"] for k, v in converted.items()} == {k: v["inputs"] for k, v in api.items()}
 
@@ -174,7 +192,7 @@ def test_ui_workflows_match_their_api_twins(tiny, name):
 def test_ui_workflow_converts_and_runs(tiny):
     from scripts.workflow_ui import ui_to_api
 
-    ui = json.loads((REPO / "workflows" / "letstalk_basic.json").read_text())
+    ui = json.loads((REPO / "workflows" / "LetsTalk portrait to talking video.json").read_text())
     converted = ui_to_api(ui, tiny.client.object_info())
     converted["1"]["inputs"]["image"] = "face.png"
     converted["2"]["inputs"]["audio"] = "talk.wav"
@@ -225,7 +243,7 @@ def test_interrupt_stops_sampling_and_the_next_prompt_succeeds(tiny):
 
 
 def test_long_audio_workflow_streams_into_a_saved_mp4(tiny):
-    workflow = json.loads((REPO / "workflows" / "letstalk_long_audio_api.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "api" / "letstalk_long_audio_api.json").read_text())
     write_speechlike(tiny.input_dir / "three_clips.wav", 0.46)  # 12 frames = 3 clips of 4
     workflow["1"]["inputs"]["image"] = "face.png"
     workflow["2"]["inputs"]["audio"] = "three_clips.wav"

@@ -78,7 +78,7 @@ def test_the_demo_models_recommended_settings_meet_the_lip_sync_target_with_smoo
     recommended = recommended_options(load_checkpoint(DEMO_CHECKPOINT))
     assert (recommended.sampler, recommended.steps, recommended.audio_cfg, recommended.portrait_cfg,
             recommended.overlap_frames) == ("dpmpp_2m", 25, 3.0, 1.0, 4)
-    sampler = json.loads((EXAMPLES.parent / "letstalk_basic_api.json").read_text())["7"]["inputs"]
+    sampler = json.loads((EXAMPLES.parent / "api" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
     assert (sampler["sampler"], sampler["steps"], sampler["audio_cfg"], sampler["portrait_cfg"],
             sampler["overlap_frames"]) == ("auto", -1, -1, -1, -1)
     report = evaluate_checkpoint(None, identities=2, seconds=4.0, drift_seconds=0, steps=10)
