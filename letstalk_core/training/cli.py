@@ -32,17 +32,22 @@ def add_parser(subparsers) -> None:
 
     train = subparsers.add_parser(
         "train", help="train a LetsTalk model (and the demo VAE) from a YAML config or a preset",
-        description="Train with Hugging Face accelerate: runs on a CPU or one GPU as is, and on many GPUs with "
-                    "`accelerate launch -m letstalk_core train ...`.")
+        description="Train with Hugging Face accelerate: runs on a CPU or one GPU as is, and on several processes "
+                    "with `torchrun --nproc_per_node N -m letstalk_core train ...` or `accelerate launch "
+                    "--multi_gpu --num_processes N -m letstalk_core train ...` (training.batch_size is the global "
+                    "batch).")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML training config")
-    source.add_argument("--preset", help="a shipped preset (demo, S, B, L, XL)")
+    source.add_argument("--preset", help="a shipped preset (demo, personal, S, B, L, XL)")
     train.add_argument("--resume", action="store_true", help="continue from the training state in the output folder")
     train.add_argument("--out", help="override output_dir")
     train.add_argument("--data", help="override data.path")
     train.add_argument("--vae", help="override vae.path")
     train.add_argument("--audio-encoder", help="override audio.encoder")
     train.add_argument("--max-steps", type=int, help="override training.max_steps")
+    train.add_argument("--batch-size", type=int,
+                       help="override training.batch_size: the global batch, clips per step over all processes "
+                            "(a multiple of the number of processes)")
     train.add_argument("--init-from", help="override training.init_from: start from this checkpoint's weights "
                                            "(fine-tuning; the model section must match it)")
     train.add_argument("--stages", help="override stages, comma-separated (vae,transformer)")
@@ -86,6 +91,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides.setdefault("audio", {})["encoder"] = args.audio_encoder
     if args.max_steps is not None:
         overrides.setdefault("training", {})["max_steps"] = args.max_steps
+    if args.batch_size is not None:
+        overrides.setdefault("training", {})["batch_size"] = args.batch_size
     if args.init_from:
         overrides.setdefault("training", {})["init_from"] = args.init_from
     if args.stages:

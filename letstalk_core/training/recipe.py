@@ -99,6 +99,14 @@ def apply_condition_dropout(
     return audio_windows, portrait_latents
 
 
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    """A CPU generator for the training sample at ``position`` of the data order: every random draw of
+    that sample (clip start, noise, timestep, dropout...) comes from it, whichever process trains it."""
+    generator = torch.Generator()
+    generator.manual_seed((seed * 1_000_003 + position * 2_654_435_761 + 97) % (2**63 - 1))
+    return generator
+
+
 def step_generator(seed: int, step: int, process_index: int = 0, stream: int = 0) -> torch.Generator:
     """A CPU generator for one (step, process, stream), independent of everything that ran before."""
     generator = torch.Generator()

@@ -16,8 +16,16 @@ Outputs in ``output_dir``: ``checkpoints/step_XXXXXXX.safetensors`` and ``letsta
 project format through ``save_checkpoint``, EMA weights, with the VAE and the audio encoder's config
 bundled when known) and ``training_state.pt`` / ``vae_state.pt``: everything needed to resume (raw and
 EMA weights, optimiser, step), tensors and plain values only, read back with ``weights_only=True``.
-Every random draw of a step comes from a generator seeded by (seed, step, process), and the data order
-from (seed, epoch), so a resumed run continues the loss curve of an uninterrupted one exactly.
+Every random draw of a training sample comes from a generator seeded by (seed, its position in the data
+order), and the data order from (seed, epoch), so a resumed run continues the loss curve of an
+uninterrupted one exactly.
+
+Many processes (``torchrun --nproc_per_node N -m letstalk_core train ...`` or ``accelerate launch``):
+``training.batch_size`` is the global batch, shared out evenly; process r trains its share of each global
+batch, gradients are averaged, and because a sample's draws depend on its position only, N processes
+train the same clips the same way as one (within float rounding): a run may be resumed with another
+number of processes. The main process alone writes checkpoints, the state, logs and probes, and holds
+the output folder's lock.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from .recipe import (
     corrupt_memory_latents,
     draw_condition_dropout,
     pixel_noise_sigmas,
+    sample_generator,
     step_generator,
 )
 
@@ -82,9 +91,23 @@ def load_training_state(path: str | Path) -> dict:
 
 
 def _make_accelerator(config: TrainConfig, accumulation: int):
+    """One process, or one of many however they were started (``accelerate launch``, ``torchrun``): on GPUs
+    with NCCL, on CPUs with gloo (accelerate joins a CPU process group only when told ``cpu=True``)."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=config.training.mixed_precision, gradient_accumulation_steps=accumulation)
+    return Accelerator(mixed_precision=config.training.mixed_precision, gradient_accumulation_steps=accumulation,
+                       cpu=not torch.cuda.is_available())
+
+
+def local_batch_size(global_batch: int, num_processes: int) -> int:
+    """Clips per process per step: ``training.batch_size`` is the global batch, shared out evenly."""
+    if global_batch % num_processes:
+        lower = max(num_processes, global_batch // num_processes * num_processes)
+        raise ValueError(
+            f"training.batch_size {global_batch} is the global batch (clips per step over all processes) and must "
+            f"be a multiple of the {num_processes} processes; use {lower} or {lower + num_processes}, or start "
+            f"{math.gcd(global_batch, num_processes)} processes")
+    return global_batch // num_processes
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -113,6 +136,7 @@ class TransformerTrainer:
         self.output_dir = Path(config.output_dir)
         t = config.training
         self.accelerator = accelerator or _make_accelerator(config, t.gradient_accumulation_steps)
+        self.local_batch = local_batch_size(t.batch_size, self.accelerator.num_processes)
         self.show_progress = show_progress
         self.encoder = encoder or load_audio_encoder(config.audio.encoder, n_mels=config.audio.n_mels)
         self.source = source if source is not None else build_source(config, self.encoder)
@@ -261,11 +285,15 @@ class TransformerTrainer:
 
         return self._latent_cache.get(index, encode)
 
-    def _batch(self, micro_step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        acc = self.accelerator
-        batch_size = self.config.training.batch_size
-        first = (micro_step * acc.num_processes + acc.process_index) * batch_size
-        samples = [self.dataset.sample(self.order.index(first + i), generator) for i in range(batch_size)]
+    def batch_positions(self, micro_step: int) -> range:
+        """This process's share of the global batch ``micro_step``: positions in the data order. Together
+        the processes cover exactly the positions one process would, each once."""
+        first = micro_step * self.config.training.batch_size + self.accelerator.process_index * self.local_batch
+        return range(first, first + self.local_batch)
+
+    def _batch(self, positions: range, generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
+        """The clips at ``positions``, each drawn (start frame...) with its own generator."""
+        samples = [self.dataset.sample(self.order.index(p), g) for p, g in zip(positions, generators)]
         batch = collate(samples)
         if self.config.data.cache_clip_latents and not self.use_latents:
             length = self.config.model.frames_per_clip
@@ -273,12 +301,17 @@ class TransformerTrainer:
                 [self._video_latents(s.video_index)[s.start:s.start + length] for s in samples])  # [B, F, C, h, w]
         return batch
 
-    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
-        """The training loss of one batch (the recipe of :mod:`.recipe`), a :class:`DiffusionLoss`."""
+    def compute_loss(self, batch: dict[str, torch.Tensor], generators: list[torch.Generator]):
+        """The training loss of one batch (the recipe of :mod:`.recipe`), a :class:`DiffusionLoss`. Every
+        random draw of sample i comes from ``generators[i]``, so a sample is trained the same way whichever
+        process, and whichever share of the batch, it falls to."""
         cfg, device = self.config, self.accelerator.device
         r = cfg.recipe
         clip = batch["clip"]
-        batch_size = clip.shape[0]
+
+        def each(draw) -> torch.Tensor:  # one draw per sample, with that sample's generator
+            return torch.cat([draw(i, g) for i, g in enumerate(generators)])
+
         if self.use_latents:
             latents = clip.to(device)  # [B, F, C, h, w]
             portrait_latents = batch["portrait"].to(device)  # [B, C, h, w]
@@ -288,24 +321,25 @@ class TransformerTrainer:
                 latents = batch["clip_latents"].to(device)  # [B, F, C, h, w]
             else:
                 latents = self._encode(clip)  # [B, F, C, h, w]
-            sigmas = pixel_noise_sigmas(batch_size, generator, r.portrait_noise_log_mean, r.portrait_noise_log_std)
-            portrait_latents = self._encode(add_pixel_noise(batch["portrait"], sigmas, generator))  # [B, C, h, w]
-            memory_clean = None
-            if cfg.model.memory_frames:
-                sigmas = pixel_noise_sigmas(batch_size, generator, r.portrait_noise_log_mean, r.portrait_noise_log_std)
-                memory_clean = self._encode(add_pixel_noise(batch["memory"], sigmas, generator))  # [B, K, C, h, w]
+            def noisy_pixels(key: str) -> torch.Tensor:
+                def draw(i, g):
+                    sigma = pixel_noise_sigmas(1, g, r.portrait_noise_log_mean, r.portrait_noise_log_std)
+                    return add_pixel_noise(batch[key][i:i + 1], sigma, g)
+                return each(draw)
+
+            portrait_latents = self._encode(noisy_pixels("portrait"))  # [B, C, h, w]
+            memory_clean = self._encode(noisy_pixels("memory")) if cfg.model.memory_frames else None  # [B, K, C, h, w]
         memory_latents = None
         if cfg.model.memory_frames:
-            memory_latents = corrupt_memory_latents(memory_clean, self.schedule, generator,
-                                                    max_timestep=r.memory_max_timestep,
-                                                    mask_fraction=r.memory_mask_fraction,
-                                                    drop=r.memory_drop).latents
-        choice = draw_condition_dropout(batch_size, generator, audio=r.dropout.audio, portrait=r.dropout.portrait,
-                                        both=r.dropout.both)
+            memory_latents = each(lambda i, g: corrupt_memory_latents(
+                memory_clean[i:i + 1], self.schedule, g, max_timestep=r.memory_max_timestep,
+                mask_fraction=r.memory_mask_fraction, drop=r.memory_drop).latents)  # [B, K, C, h, w]
+        choice = each(lambda i, g: draw_condition_dropout(1, g, audio=r.dropout.audio, portrait=r.dropout.portrait,
+                                                          both=r.dropout.both))
         audio_windows, portrait_latents = apply_condition_dropout(choice, batch["audio_windows"].to(device),
                                                                   portrait_latents)
-        timesteps = torch.randint(0, self.schedule.num_timesteps, (batch_size,), generator=generator)  # [B]
-        noise = torch.randn(latents.shape, generator=generator).to(latents)  # [B, F, C, h, w]
+        timesteps = each(lambda i, g: torch.randint(0, self.schedule.num_timesteps, (1,), generator=g))  # [B]
+        noise = each(lambda i, g: torch.randn((1, *latents.shape[1:]), generator=g)).to(latents)  # [B, F, C, h, w]
         timesteps = timesteps.to(device)
         noisy = self.schedule.q_sample(latents, timesteps, noise)
         audio_tokens = self.audio_proj(audio_windows)  # [B, F, M, D]
@@ -321,15 +355,16 @@ class TransformerTrainer:
         """One batch; returns the loss of the batch. The optimiser steps every
         ``gradient_accumulation_steps`` batches (``self.step`` counts those)."""
         acc, t = self.accelerator, self.config.training
-        generator = step_generator(self.config.seed, self.micro_step, acc.process_index)
-        batch = self._batch(self.micro_step, generator)
+        positions = self.batch_positions(self.micro_step)
+        generators = [sample_generator(self.config.seed, position) for position in positions]
+        batch = self._batch(positions, generators)
         self.model.train()
         self.audio_proj.train()
         factor = self.learning_rate_factor(self.step)
         for group, rate in zip(self.optimizer.param_groups, self.base_rates):
             group["lr"] = rate * factor
         with acc.accumulate(self.model, self.audio_proj):
-            loss = self.compute_loss(batch, generator)
+            loss = self.compute_loss(batch, generators)
             acc.backward(loss.loss)
             if acc.sync_gradients and t.grad_clip is not None and self.step >= t.grad_clip_after:
                 acc.clip_grad_norm_(self._parameters(), t.grad_clip)
@@ -339,7 +374,9 @@ class TransformerTrainer:
         if acc.sync_gradients:
             self.step += 1
             self.ema.step(self._parameters())
-        value = float(loss.loss.detach())
+        # the loss of the whole global batch (the mean over the processes' equal shares), the same on every process
+        value = float(acc.reduce(loss.loss.detach(), reduction="mean")) if acc.num_processes > 1 \
+            else float(loss.loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"the training loss became {value} at step {self.step}; lower "
                                      "training.learning_rate or enable training.grad_clip")
@@ -359,7 +396,7 @@ class TransformerTrainer:
             "init_from": None if cfg.training.init_from is None else Path(cfg.training.init_from).name,
             "audio_projection_learning_rate": cfg.training.audio_projection_learning_rate,
             "zero_init_audio_attention": cfg.training.zero_init_audio_attention,
-            "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps * self.accelerator.num_processes,
+            "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps,  # global, per step
             "resolution": cfg.data.resolution,
             "fps": cfg.data.fps,
             # how much of the head the training frames showed (prepare's --margin): inference crops alike
@@ -421,7 +458,8 @@ class TransformerTrainer:
             return None
         generator = torch.Generator().manual_seed(self.config.seed + 7919)
         # one batch of 4 clips swings the audio ratio by +-3% from batch to batch: average over PROBE_CLIPS
-        results = [self._probe_batch(self._batch(i, generator), timestep, generator)
+        results = [self._probe_batch(self._batch(range(i * batch_size, (i + 1) * batch_size), [generator] * batch_size),
+                                     timestep, generator)
                    for i in range(max(1, math.ceil(PROBE_CLIPS / batch_size)))]
         keys = [key for key in results[0] if all(key in r for r in results)]  # mouth keys: boxes known
         return {key: sum(r[key] for r in results) / len(results) for key in keys}
@@ -485,7 +523,7 @@ class TransformerTrainer:
                 if self.step != before:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", avg=f"{running:.4f}")
-                    if self.step % t.log_every == 0:
+                    if self.step % t.log_every == 0 and self.accelerator.is_main_process:
                         logger.info("step %d loss %.5f (running %.5f)", self.step, value, running)
                     if self.step % t.save_every == 0 and self.step < max_steps:
                         self.save()
@@ -637,8 +675,63 @@ def _vae_copy(vae):
 
 
 # ==================================================================================================
+LOCK_NAME = ".training.lock"
+
+
+@contextmanager
+def output_lock(output_dir: Path):
+    """Held by the main process of a run for its whole length: a second run writing into the same folder
+    stops before touching anything. A lock left by a run that died (its process is gone) is taken over."""
+    if int(os.environ.get("RANK", "0")) != 0:  # one lock per run: the main process holds it
+        yield
+        return
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = output_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise RuntimeError(
+                    f"output folder {str(output_dir)!r} is in use by another training run (process {holder}); "
+                    f"wait for it to finish, stop it, or give another --out") from None
+            lock.unlink(missing_ok=True)  # a run that died left it
+    else:
+        raise RuntimeError(f"could not take the lock {lock}")
+    with os.fdopen(handle, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> Optional[int]:
+    """The process id in ``lock`` when that process is still running, else None."""
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
 def train(config: TrainConfig, *, resume: bool = False, show_progress: bool = True) -> Path:
-    """Run the configured stages; returns the final transformer checkpoint (or the VAE for a VAE-only run)."""
+    """Run the configured stages; returns the final transformer checkpoint (or the VAE for a VAE-only run).
+    The output folder is locked for the run (:func:`output_lock`)."""
+    with output_lock(Path(config.output_dir)):
+        return _train_stages(config, resume=resume, show_progress=show_progress)
+
+
+def _train_stages(config: TrainConfig, *, resume: bool, show_progress: bool) -> Path:
     from ..audio import load_audio_encoder
 
     result = None

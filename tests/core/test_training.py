@@ -635,8 +635,8 @@ def test_each_save_logs_the_probe(tmp_path, tiny_vae, caplog):
     assert all("audio tokens vary over frames by" in line for line in lines)
     # the probe averages PROBE_CLIPS clips: here 8 batches of 2, drawn in order from one generator
     generator = torch.Generator().manual_seed(trainer.config.seed + 7919)
-    parts = [trainer._probe_batch(trainer._batch(i, generator), PROBE_TIMESTEPS[0], generator)
-             for i in range(PROBE_CLIPS // 2)]
+    parts = [trainer._probe_batch(trainer._batch(range(2 * i, 2 * i + 2), [generator] * 2), PROBE_TIMESTEPS[0],
+                                  generator) for i in range(PROBE_CLIPS // 2)]
     assert len({round(p["own"], 6) for p in parts}) > 1
     for key in ("own", "audio_swapped", "portrait_swapped"):
         assert result[key] == pytest.approx(sum(p[key] for p in parts) / len(parts), rel=1e-6)

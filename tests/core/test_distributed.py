@@ -1,0 +1,164 @@
+"""Training on several processes: two CPU processes (gloo) started by torchrun train exactly what one
+process trains with the same global batch; one writer; resume across process counts; the output lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from letstalk_core.checkpoints import load_checkpoint
+from letstalk_core.training.config import config_from_dict
+from letstalk_core.training.trainer import LOCK_NAME, TransformerTrainer, local_batch_size, output_lock, train
+from tests.core.test_training import needs_espeak, tiny_config, tiny_vae  # noqa: F401 (fixture)
+from tests.helpers import REPO
+
+pytestmark = [needs_espeak, pytest.mark.slow]  # each run starts fresh Python processes that import torch
+
+# each process of the run records, after every step, the loss, the data positions it trained and a
+# checksum of its weights
+DRIVER = """
+import json, sys
+from letstalk_core.training.config import load_config
+from letstalk_core.training.trainer import TransformerTrainer
+
+config, record_dir, resume = load_config(sys.argv[1]), sys.argv[2], sys.argv[3] == "resume"
+trainer = TransformerTrainer(config, resume=resume, show_progress=False)
+acc = trainer.accelerator
+record = {"processes": acc.num_processes, "rank": acc.process_index, "steps": []}
+
+def on_step(step, loss):
+    weights = acc.unwrap_model(trainer.model).parameters()
+    record["steps"].append({"step": step, "loss": loss, "positions": list(trainer.batch_positions(trainer.micro_step - 1)),
+                            "checksum": float(sum(p.detach().double().sum() for p in weights))})
+
+trainer.train(on_step=on_step)
+with open(f"{record_dir}/rank{acc.process_index}.json", "w") as f:
+    json.dump(record, f)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(processes: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _config(tmp_path: Path, name: str, vae: Path, **training) -> Path:
+    values = tiny_config(tmp_path / name, vae, **{"batch_size": 4, "max_steps": 3, **training})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _one_process(tmp_path: Path, name: str, vae: Path, **training) -> tuple[TransformerTrainer, list[float]]:
+    trainer = TransformerTrainer(config_from_dict(tiny_config(tmp_path / name, vae, **{"batch_size": 4, "max_steps": 3,
+                                                                                       **training})),
+                                 show_progress=False)
+    losses: list[float] = []
+    trainer.train(on_step=lambda step, loss: losses.append(loss))
+    return trainer, losses
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return dict(load_checkpoint(path).model.state_dict())
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path, tiny_vae):
+    (tmp_path / "driver.py").write_text(DRIVER)
+    records = tmp_path / "records"
+    records.mkdir()
+    result = _torchrun(2, str(tmp_path / "driver.py"), str(_config(tmp_path, "two", tiny_vae)), str(records), "fresh")
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["processes"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
+    alone, losses = _one_process(tmp_path, "one", tiny_vae)
+    for step, (first, second) in enumerate(zip(ranks[0]["steps"], ranks[1]["steps"])):
+        # the ranks drew different clips, together the ones a single process draws for the same global batch
+        assert set(first["positions"]).isdisjoint(second["positions"])
+        assert sorted(first["positions"] + second["positions"]) == list(range(4 * step, 4 * step + 4))
+        # gradients averaged: the weights are the same on both ranks after every step
+        assert first["checksum"] == second["checksum"], step
+        # the loss of the global batch, the same on both ranks and as one process's (float tolerance)
+        assert first["loss"] == second["loss"]
+        assert first["loss"] == pytest.approx(losses[step], rel=1e-4), (step, first["loss"], losses)
+    assert len(ranks[0]["steps"]) == 3
+    two = _weights(tmp_path / "two" / "letstalk.safetensors")
+    one = _weights(tmp_path / "one" / "letstalk.safetensors")
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # one writer: one set of files, and no lock left behind
+    written = sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert written == ["checkpoints/step_0000003.safetensors", "config.yaml", "letstalk.safetensors",
+                       "training_state.pt"], written
+
+
+def test_a_run_of_two_processes_resumes_on_one_as_if_never_stopped(tmp_path, tiny_vae):
+    (tmp_path / "driver.py").write_text(DRIVER)
+    records = tmp_path / "records"
+    records.mkdir()
+    first = _torchrun(2, str(tmp_path / "driver.py"), str(_config(tmp_path, "run", tiny_vae, max_steps=2)),
+                      str(records), "fresh")
+    assert first.returncode == 0, first.stderr[-4000:]
+    resumed = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "run", tiny_vae, batch_size=4, max_steps=4)),
+                                 resume=True, show_progress=False)
+    assert resumed.step == 2
+    resumed.train()
+    straight, _ = _one_process(tmp_path, "straight", tiny_vae, max_steps=4)
+    for key, value in _weights(tmp_path / "straight" / "letstalk.safetensors").items():
+        torch.testing.assert_close(_weights(tmp_path / "run" / "letstalk.safetensors")[key], value, rtol=1e-4,
+                                   atol=1e-5, msg=key)
+
+
+def test_the_command_line_runs_on_two_processes_and_refuses_an_uneven_batch(tmp_path, tiny_vae):
+    good = _torchrun(2, "-m", "letstalk_core", "train", "--config", str(_config(tmp_path, "cli", tiny_vae,
+                                                                                max_steps=2)))
+    assert good.returncode == 0, good.stderr[-4000:]
+    assert load_checkpoint(tmp_path / "cli" / "letstalk.safetensors").training["batch_size"] == 4
+    assert not (tmp_path / "cli" / LOCK_NAME).exists()
+    bad = _torchrun(2, "-m", "letstalk_core", "train", "--config", str(_config(tmp_path, "uneven", tiny_vae,
+                                                                               batch_size=3)))
+    assert bad.returncode != 0
+    assert "training.batch_size 3 is the global batch" in bad.stderr and "multiple of the 2 processes" in bad.stderr
+    assert not (tmp_path / "uneven" / "checkpoints").exists()
+
+
+def test_the_global_batch_is_shared_out_evenly_or_refused():
+    assert local_batch_size(8, 2) == 4 and local_batch_size(4, 1) == 4
+    with pytest.raises(ValueError, match="training.batch_size 6 is the global batch .* multiple of the 4 processes; "
+                                         "use 4 or 8, or start 2 processes"):
+        local_batch_size(6, 4)
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, tiny_vae):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("the first run's file")
+    (out / LOCK_NAME).write_text(str(os.getpid()))  # a live process holds the folder
+    config = config_from_dict(tiny_config(out, tiny_vae, max_steps=1))
+    with pytest.raises(RuntimeError, match=f"output folder .*busy.* is in use by another training run \\(process "
+                                           f"{os.getpid()}\\)"):
+        train(config, show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "keep.txt"]  # nothing touched
+    assert (out / "keep.txt").read_text() == "the first run's file"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_NAME).write_text(dead.stdout.strip())  # that process has exited
+    train(config, show_progress=False)
+    assert (out / "letstalk.safetensors").is_file() and not (out / LOCK_NAME).exists()
+    with output_lock(out):
+        assert (out / LOCK_NAME).read_text() == str(os.getpid())
+    assert not (out / LOCK_NAME).exists()
