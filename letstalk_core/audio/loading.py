@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from ..files import ffmpeg_exe
+
 TARGET_SAMPLE_RATE = 16_000
 
 # Extensions we know how to read; anything else is still tried with ffmpeg before giving up.
@@ -205,10 +207,8 @@ def decode_with_ffmpeg(path: Path, source: str | None = None) -> tuple[torch.Ten
     """Decode the first audio track with ffmpeg to float WAV on a pipe -> ``(samples [C, T], rate)``,
     keeping rate and channels, so that down-mixing and resampling are the same (ours) for every input.
     The one ffmpeg audio decoder of the project: speech input, video reading and training data."""
-    import imageio_ffmpeg
-
     source = source or f"audio file '{path}'"
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
+    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
                "-map_metadata", "-1", "-fflags", "+bitexact", "-acodec", "pcm_f32le", "-f", "wav", "-"]
     decoded = subprocess.run(command, capture_output=True)
     message = decoded.stderr.decode(errors="replace").strip()

@@ -11,8 +11,6 @@ classifier-free guidance) and optionally ``vae_config`` / ``audio_encoder_config
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..files import atomic_write
 from ..model import AudioProjection, LetsTalkTransformer
 from .errors import CheckpointError
 from .official import OFFICIAL_TRAINING, _build, load_official_checkpoint
@@ -159,20 +158,7 @@ def save_checkpoint(
             raise ValueError(f"extra metadata {key!r} is written by save_checkpoint itself and cannot be overridden")
         metadata[key] = _metadata_value(key, value)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
 def _sniff(path: Path) -> str:

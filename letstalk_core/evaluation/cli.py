@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
+
+from ..files import atomic_write_text
 
 
 def _identities(text: str):
@@ -80,10 +81,7 @@ def write_json(result: dict, path: Path) -> Path:
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise FileNotFoundError(f"--json: folder {str(path.parent)!r} does not exist")
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False))
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, json.dumps(_json_safe(result), indent=1, allow_nan=False))
 
 
 def run(args) -> int:

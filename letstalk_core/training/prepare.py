@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..files import atomic_write, atomic_write_text
 from ..video import iter_video_frames
 
 logger = logging.getLogger(__name__)
@@ -89,22 +89,12 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(value, stream, indent=1)
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(value, indent=1))
 
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write(path, lambda temporary: save_file({k: v.contiguous() for k, v in tensors.items()}, temporary,
+                                                   metadata=metadata))
 
 
 # ---- decoding and cropping -----------------------------------------------------------------------

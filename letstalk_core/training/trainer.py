@@ -34,7 +34,6 @@ import logging
 import math
 from contextlib import contextmanager
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import save_checkpoint
+from ..files import atomic_write
 from ..model import AudioProjection, LetsTalkTransformer
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
@@ -67,16 +67,7 @@ TRAINED_VAE = Path("vae") / "vae.safetensors"
 
 
 def _atomic_torch_save(value, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(value, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    atomic_write(path, lambda temporary: torch.save(value, temporary))
 
 
 def load_training_state(path: str | Path) -> dict:

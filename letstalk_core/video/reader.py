@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from ..files import ffmpeg_exe
 from .timing import as_fps
 
 __all__ = [
@@ -41,10 +42,6 @@ _DURATION_RE = re.compile(r"Duration: (?P<h>\d+):(?P<m>\d+):(?P<s>[\d.]+)")
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "quad": 4, "4.0": 4, "5.0": 5, "5.1": 6, "7.1": 8}
 
 
-def _ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def _existing_file(path: PathLike, name: str = "path") -> Path:
@@ -62,7 +59,7 @@ def stream_header(path: PathLike) -> str:
     """The stream description ffmpeg prints for ``ffmpeg -i path`` (its stderr)."""
     file = _existing_file(path)
     result = subprocess.run(
-        [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(file)], capture_output=True
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(file)], capture_output=True
     )
     text = result.stderr.decode(errors="replace")
     if "Stream #" not in text:

@@ -24,6 +24,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..files import ffmpeg_exe
 from .audio_io import AudioLike, load_audio_input
 from .timing import as_fps
 
@@ -40,10 +41,6 @@ _FFMPEG_PRESETS = (
 )
 
 
-def _ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def _check_output_path(path) -> Path:
@@ -212,7 +209,7 @@ class Mp4Writer:
         self._video_tmp = self._temp_name("video")
         height, width = self.encoded_size
         cmd = [
-            _ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(self.fps),
             "-i", "-",
             "-an", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
@@ -267,7 +264,7 @@ class Mp4Writer:
         # AAC knows a fixed set of rates; others are resampled by ffmpeg (same duration)
         aac_rate = sample_rate if sample_rate in _AAC_SAMPLE_RATES else 48000
         cmd = [
-            _ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+            ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-i", str(self._video_tmp),
             "-f", "f32le", "-ar", str(sample_rate), "-ac", str(samples.shape[1]), "-i", "-",
             "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",

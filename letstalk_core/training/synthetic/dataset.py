@@ -20,6 +20,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ...files import atomic_write_text
 from ...video.timing import as_fps, frame_count_for_seconds
 from ...video.writer import Mp4Writer
 from .animator import animate_face
@@ -137,9 +138,7 @@ def generate_talking_video(
         "brow_raise": [round(float(v), 5) for v in motion.brow_raise],
     }
     sidecar_path = out_path.with_suffix(".json")
-    tmp = sidecar_path.with_name(f".{sidecar_path.name}.part")
-    tmp.write_text(json.dumps(sidecar, indent=1))
-    os.replace(tmp, sidecar_path)
+    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
     return sidecar
 
 
