@@ -1,9 +1,10 @@
-"""LetsTalkSampler: model + portrait + speech -> the whole video's latents (LATENT)."""
+"""LetsTalkSampler: model + portrait + speech -> the sampled video (LETSTALK_VIDEO) for the decoders."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -13,11 +14,11 @@ import comfy.utils
 from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
-from letstalk_core.pipeline import iter_clip_latents, sampling_options
-from letstalk_core.sampling import SAMPLERS, clip_plan
+from letstalk_core.pipeline import SampledVideo, sampling_options
+from letstalk_core.sampling import SAMPLERS
 from letstalk_core.sampling.options import check_overrides
 
-from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait
+from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait, LetsTalkVideo
 
 log = logging.getLogger("letstalk")
 
@@ -44,7 +45,7 @@ def node_overrides(sampler: str, steps: int, audio_cfg: float, portrait_cfg: flo
             "portrait_cfg": given(portrait_cfg), "overlap_frames": given(overlap_frames)}
 
 
-def _stop_if_interrupted() -> bool:
+def stop_if_interrupted() -> bool:
     """Checked before every step: raises ComfyUI's own interrupt exception when the user cancelled."""
     mm.throw_exception_if_processing_interrupted()
     return False
@@ -85,8 +86,8 @@ class LetsTalkSampler(io.ComfyNode):
                                      "the joins between clips. 0: none (fastest); more frames cost time (4 of 8: "
                                      "twice the time). -1: what the checkpoint recommends (the demo model: 4)."),
             ],
-            outputs=[io.Latent.Output(display_name="video_latent",
-                                      tooltip="The sampled video; decode it with a LetsTalk Decode Video node.")],
+            outputs=[LetsTalkVideo.Output(display_name="sampled_video",
+                                          tooltip="The sampled video; decode it with a LetsTalk Decode Video node.")],
         )
 
     @classmethod
@@ -105,29 +106,61 @@ class LetsTalkSampler(io.ComfyNode):
         options = sampling_options(ckpt, seed=seed, fps=letstalk_audio.fps,
                                    **node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
         log.info("LetsTalk sampling: %s", options.describe())
-        device = letstalk_model.load_to_device()
         features = letstalk_audio.features(ckpt.frames_per_clip)
-        bar = comfy.utils.ProgressBar(1)
-        clips = iter_clip_latents(
-            ckpt, portrait.portrait_latent.to(device), features, options,
-            progress=lambda done, total: bar.update_absolute(done, total),
-            should_stop=_stop_if_interrupted,
-        )
-        total = len(clip_plan(features.num_frames, ckpt.frames_per_clip, options.overlap_frames))
-        started, finished = time.monotonic(), []
-        for clip in clips:
-            finished.append(clip.latents.float().cpu())
-            elapsed = time.monotonic() - started
-            log.info("LetsTalk: clip %d/%d done, %.0f s so far, about %.0f s left", len(finished), total, elapsed,
-                     elapsed / len(finished) * (total - len(finished)))
-            preview = clip_preview(portrait.codec, clip.latents)
-            if preview is not None:
-                bar.update_absolute(bar.current, bar.total, preview)
-        latents = torch.cat(finished, dim=1)  # [1, F, C, h, w]
-        log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", latents.shape[1], len(finished),
-                 ckpt.frames_per_clip, options.overlap_frames)
-        return io.NodeOutput({
-            "samples": latents.permute(0, 2, 1, 3, 4).contiguous(),  # [1, C, F, h, w], ComfyUI's video layout
-            "letstalk": {"fps": letstalk_audio.fps, "num_frames": features.num_frames,
-                         "speech": letstalk_audio.speech, "portrait": portrait},
-        })
+        video = SampledVideo(ckpt, portrait.portrait_latent, features, options, letstalk_audio.speech)
+        if video.lazy:
+            log.info("LetsTalk: %d frames, %.0f MiB of latents: too long to keep, so the clips are sampled while the "
+                     "video is decoded (the decoder shows the progress; the streaming decoder keeps memory flat)",
+                     video.num_frames, video.latent_bytes / 2**20)
+        else:
+            letstalk_model.load_to_device()
+            report = ClipReport(video.num_clips, portrait.codec)
+            video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=report.clip_done)
+            log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", video.num_frames, video.num_clips,
+                     ckpt.frames_per_clip, options.overlap_frames)
+        return io.NodeOutput(NodeVideo(video, portrait, letstalk_model))
+
+
+@dataclass
+class NodeVideo:
+    """What flows along a LETSTALK_VIDEO wire: the sampled (or still to be sampled) video, the portrait it
+    animates (its codec decodes it, its picture takes the face back) and the model (for lazy sampling)."""
+
+    video: SampledVideo
+    portrait: object
+    model: object
+
+    def iter_clips(self):
+        """The clips; a lazy video is sampled here, clip by clip, with progress on the calling node."""
+        if self.video.sampled or not self.video.lazy:
+            return self.video.iter_clips()
+        self.model.load_to_device()
+        report = ClipReport(self.video.num_clips, self.portrait.codec)
+
+        def clips():
+            for clip in self.video.iter_clips(progress=report.progress, should_stop=stop_if_interrupted):
+                report.clip_done(clip)
+                yield clip
+
+        return clips()
+
+
+class ClipReport:
+    """Progress for the node that samples: the bar over all steps, one terminal line per clip with the time
+    left, and the clip's last frame as a preview (when previews are on)."""
+
+    def __init__(self, total_clips: int, codec):
+        self.bar = comfy.utils.ProgressBar(1)
+        self.total, self.codec, self.done, self.started = total_clips, codec, 0, time.monotonic()
+
+    def progress(self, done: int, total: int) -> None:
+        self.bar.update_absolute(done, total)
+
+    def clip_done(self, clip) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        log.info("LetsTalk: clip %d/%d done, %.0f s so far, about %.0f s left", self.done, self.total, elapsed,
+                 elapsed / self.done * (self.total - self.done))
+        preview = clip_preview(self.codec, clip.latents)
+        if preview is not None:
+            self.bar.update_absolute(self.bar.current, self.bar.total, preview)

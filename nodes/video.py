@@ -1,4 +1,5 @@
-"""LetsTalkDecodeVideo: LATENT -> IMAGE frames, the speech as AUDIO, and the frame rate."""
+"""LetsTalkDecodeVideo: the sampled video -> IMAGE frames, the speech as AUDIO, and the frame rate; its
+streaming sibling writes an mp4 clip by clip."""
 
 from __future__ import annotations
 
@@ -16,28 +17,24 @@ from letstalk_core.pipeline import iter_frames, speech_for_frames, write_video
 log = logging.getLogger("letstalk")
 
 from .comfy_vae import ComfyVAECodec
+from .sampler import NodeVideo
+from .socket_types import LetsTalkVideo
 
 
-def letstalk_info(latent: dict) -> dict:
-    info = latent.get("letstalk") if isinstance(latent, dict) else None
-    if not info:
-        raise ValueError("video_latent: this LATENT does not come from LetsTalk Sampler (it lacks the frame rate, "
-                         "the speech and the portrait); connect the sampler's output")
-    return info
-
-
-def decoded_frames(video_latent: dict, info: dict, paste_back: bool, vae):
-    """Frames ``[n, H, W, 3]`` 0..1, decoded a few at a time with the portrait's codec or ``vae``."""
-    portrait = info["portrait"]
+def decoded_frames(sampled_video: NodeVideo, paste_back: bool, vae):
+    """Frames ``[n, H, W, 3]`` 0..1, clip by clip, with the portrait's codec or ``vae`` (a lazy video is
+    sampled on the way)."""
+    if not isinstance(sampled_video, NodeVideo):
+        raise ValueError(f"sampled_video: expected LetsTalk Sampler's output, got {type(sampled_video).__name__}")
+    portrait = sampled_video.portrait
     codec = portrait.codec
     if vae is not None:
         codec = ComfyVAECodec(vae, getattr(portrait.codec, "scaling_factor", 1.0),
                               getattr(portrait.codec, "shift_factor", 0.0))
-    latents = video_latent["samples"].permute(0, 2, 1, 3, 4)  # [1, F, C, h, w]
-    if latents.shape[2] != codec.latent_channels:
-        raise ValueError(f"vae: it decodes {codec.latent_channels}-channel latents but the video has "
-                         f"{latents.shape[2]}")
-    return iter_frames(codec, latents[0], paste_into=portrait.original_image if paste_back else None,
+    channels = int(sampled_video.video.checkpoint.model.config.in_channels)
+    if channels != codec.latent_channels:
+        raise ValueError(f"vae: it decodes {codec.latent_channels}-channel latents but the video has {channels}")
+    return iter_frames(codec, sampled_video.iter_clips(), paste_into=portrait.original_image if paste_back else None,
                        crop_box=portrait.crop.crop_box)
 
 
@@ -48,10 +45,10 @@ class DecodeVideo(io.ComfyNode):
             node_id="LetsTalkDecodeVideo",
             display_name="LetsTalk Decode Video",
             category="LetsTalk",
-            description="Decodes the sampled latents to frames, and gives the speech (trimmed to the frames) and "
+            description="Decodes the sampled video to frames, and gives the speech (trimmed to the frames) and "
                         "the frame rate, ready for Create Video -> Save Video.",
             inputs=[
-                io.Latent.Input("video_latent", tooltip="From LetsTalk Sampler."),
+                LetsTalkVideo.Input("sampled_video", tooltip="From LetsTalk Sampler."),
                 io.Boolean.Input("paste_back", default=True,
                                  tooltip="On: the talking face is blended back into your whole picture (the video "
                                          "has the picture's size). Off: only the square the model animates."),
@@ -68,13 +65,12 @@ class DecodeVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video_latent, paste_back, vae=None) -> io.NodeOutput:
-        info = letstalk_info(video_latent)
-        frames = torch.cat(list(decoded_frames(video_latent, info, paste_back, vae)), dim=0)  # [F, H, W, 3] 0..1
-        speech, fps = info["speech"], info["fps"]
-        track, rate = speech_for_frames(speech, frames.shape[0], fps)  # [C, T]: the speech as it came in
+    def execute(cls, sampled_video, paste_back, vae=None) -> io.NodeOutput:
+        frames = torch.cat(list(decoded_frames(sampled_video, paste_back, vae)), dim=0)  # [F, H, W, 3] 0..1
+        video = sampled_video.video
+        track, rate = speech_for_frames(video.speech, frames.shape[0], video.fps)  # [C, T]: the speech as it came in
         audio = {"waveform": track[None].float(), "sample_rate": rate}
-        return io.NodeOutput(frames, audio, float(fps))
+        return io.NodeOutput(frames, audio, float(video.fps))
 
 
 class DecodeVideoToFile(io.ComfyNode):
@@ -89,7 +85,7 @@ class DecodeVideoToFile(io.ComfyNode):
             description="Decodes the latents a few frames at a time straight into an mp4 with the speech muxed in, "
                         "so even an hour of speech never holds its frames in memory. Gives a VIDEO for Save Video.",
             inputs=[
-                io.Latent.Input("video_latent", tooltip="From LetsTalk Sampler."),
+                LetsTalkVideo.Input("sampled_video", tooltip="From LetsTalk Sampler."),
                 io.Boolean.Input("paste_back", default=True,
                                  tooltip="On: the talking face is blended back into your whole picture (the video "
                                          "has the picture's size). Off: only the square the model animates."),
@@ -101,11 +97,12 @@ class DecodeVideoToFile(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video_latent, paste_back, vae=None) -> io.NodeOutput:
-        info = letstalk_info(video_latent)
+    def execute(cls, sampled_video, paste_back, vae=None) -> io.NodeOutput:
         folder = os.path.join(folder_paths.get_temp_directory(), "letstalk")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"letstalk_{uuid.uuid4().hex}.mp4")
-        write_video(path, decoded_frames(video_latent, info, paste_back, vae), info["fps"], info["speech"])
-        log.info("LetsTalk: streamed %d frames into %s", info["num_frames"], path)
+        frames = decoded_frames(sampled_video, paste_back, vae)  # refuses another input first
+        video = sampled_video.video
+        write_video(path, frames, video.fps, video.speech)
+        log.info("LetsTalk: streamed %d frames into %s", video.num_frames, path)
         return io.NodeOutput(InputImpl.VideoFromFile(path))

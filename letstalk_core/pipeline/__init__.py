@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -254,6 +255,85 @@ def iter_clip_latents(
         portrait_scale=options.portrait_cfg, guidance_supported=ckpt.supports_guidance,
         overlap_frames=options.overlap_frames, generator=generator, progress=progress, should_stop=should_stop,
     )
+
+
+def keep_latent_bytes() -> int:
+    """How many bytes of latents a sampled video may keep: ``LETSTALK_KEEP_LATENTS_MB`` (MiB, default 64)."""
+    value = os.environ.get("LETSTALK_KEEP_LATENTS_MB", "64")
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not math.isfinite(megabytes) or megabytes < 0:
+        raise ValueError(f"LETSTALK_KEEP_LATENTS_MB must be a number of MiB >= 0 (0: always sample while "
+                         f"decoding), got {value!r}")
+    return int(megabytes * 2**20)
+
+
+class SampledVideo:
+    """A talking video between sampling and decoding: what the sampler node hands the decoders.
+
+    Short videos are sampled at once (:meth:`sample`) and their clip latents kept on the CPU, so each
+    decoder reuses them. A video whose latents would exceed ``keep_bytes`` is sampled lazily instead:
+    :meth:`iter_clips` samples clip after clip while a decoder consumes them, nothing is kept, and a
+    streaming decoder then runs in constant memory whatever the length of the speech.
+    """
+
+    def __init__(self, ckpt: LetsTalkCheckpoint, portrait_latent: torch.Tensor, audio: AudioFeatures,
+                 options: SamplingOptions, speech: MonoAudio, *, keep_bytes: int | None = None):
+        self.checkpoint, self.portrait_latent, self.audio = ckpt, portrait_latent, audio
+        self.options = options.check_for(ckpt)
+        self.speech = speech
+        config = ckpt.model.config
+        side = int(config.sample_size)
+        self.latent_bytes = audio.num_frames * int(config.in_channels) * side * side * 4  # float32 on the CPU
+        self.lazy = self.latent_bytes > (keep_latent_bytes() if keep_bytes is None else keep_bytes)
+        self._kept: list[ClipLatents] | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.audio.num_frames
+
+    @property
+    def fps(self) -> Fraction:
+        return self.audio.fps
+
+    @property
+    def num_clips(self) -> int:
+        from ..sampling import clip_plan
+
+        return len(clip_plan(self.num_frames, self.checkpoint.frames_per_clip, self.options.overlap_frames))
+
+    @property
+    def sampled(self) -> bool:
+        return self._kept is not None
+
+    def _sample(self, progress, should_stop) -> Iterator[ClipLatents]:
+        for clip in iter_clip_latents(self.checkpoint, self.portrait_latent, self.audio, self.options,
+                                      progress=progress, should_stop=should_stop):
+            yield ClipLatents(clip.index, clip.start_frame, clip.latents.float().cpu())
+
+    def sample(self, *, progress=None, should_stop=None, on_clip: Callable[[ClipLatents], None] | None = None):
+        """Sample every clip now and keep the latents (for a video that is not :attr:`lazy`)."""
+        if self.lazy:
+            raise ValueError(f"this video's latents take {self.latent_bytes / 2**20:.0f} MiB; it is sampled while "
+                             "it is decoded (iter_clips), not kept")
+        if self._kept is None:
+            kept = []
+            for clip in self._sample(progress, should_stop):
+                kept.append(clip)
+                if on_clip is not None:
+                    on_clip(clip)
+            self._kept = kept
+        return self
+
+    def iter_clips(self, *, progress=None, should_stop=None) -> Iterator[ClipLatents]:
+        """The clips in order: the kept ones, or (lazy) sampled one by one as they are asked for."""
+        if self._kept is not None:
+            return iter(self._kept)
+        if not self.lazy:
+            return iter(self.sample(progress=progress, should_stop=should_stop)._kept)
+        return self._sample(progress, should_stop)
 
 
 def iter_frames(

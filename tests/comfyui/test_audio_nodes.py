@@ -91,7 +91,7 @@ def test_wav2vec2_from_comfyui_loader_and_from_the_packs_loader(comfy):
         "8": {"class_type": "LetsTalkSampler",
               "inputs": {"letstalk_model": ["6", 0], "portrait": ["7", 0], "letstalk_audio": ["3", 0], "seed": 0,
                          "sampler": "ddim", "steps": 1, "audio_cfg": 1.0, "portrait_cfg": 1.0}},
-        "9": {"class_type": "LetsTalkDecodeVideo", "inputs": {"video_latent": ["8", 0], "paste_back": False}},
+        "9": {"class_type": "LetsTalkDecodeVideo", "inputs": {"sampled_video": ["8", 0], "paste_back": False}},
         "10": {"class_type": "PreviewAny", "inputs": {"source": ["9", 2]}},
     })
     assert comfy.client.run(workflow, timeout=600)["10"]["text"] == ["25.0"]

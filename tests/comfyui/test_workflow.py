@@ -256,6 +256,46 @@ def test_long_audio_workflow_streams_into_a_saved_mp4(tiny):
     assert abs(info.audio_duration - 12 / 25) <= 1 / 25
 
 
+def test_a_video_too_long_to_keep_is_sampled_while_it_is_decoded(tmp_path):
+    """With LETSTALK_KEEP_LATENTS_MB=0 every video counts as too long to keep: the sampler only prepares,
+    the decoders sample clip by clip (progress and the per-clip lines come from them), both decoders
+    make the whole video, and Cancel stops the sampling inside a decoder too."""
+    import os
+    import time
+
+    from scripts.comfy_harness import ComfyInterrupted, ComfyServer
+
+    with ComfyServer(tmp_path / "base", env={**os.environ, "LETSTALK_KEEP_LATENTS_MB": "0"}) as server:
+        make_tiny_bundle(server.models_dir / "letstalk" / "tiny.safetensors")
+        write_portrait(server.input_dir / "face.png")
+        write_speechlike(server.input_dir / "talk.wav", 1.0)
+        [video] = saved_videos(server, server.client.run(basic_workflow(**{"10__filename_prefix": "lazy/x"})))
+        assert probe(video).frame_count == 25
+        log = server.log()
+        assert "too long to keep, so the clips are sampled while the video is decoded" in log
+        assert "LetsTalk: clip 1/" in log
+        streaming = json.loads((REPO / "workflows" / "api" / "letstalk_long_audio_api.json").read_text())
+        streaming["1"]["inputs"]["image"] = "face.png"
+        streaming["2"]["inputs"]["audio"] = "talk.wav"
+        streaming["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
+        streaming["7"]["inputs"].update(sampler="euler", steps=2)
+        streaming["9"]["inputs"]["filename_prefix"] = "lazy_stream/x"
+        [video] = saved_videos(server, server.client.run(streaming))
+        assert probe(video).frame_count == 25
+
+        write_speechlike(server.input_dir / "long.wav", 8.0)
+        before = len(server.log())
+        prompt_id = server.client.submit(basic_workflow(**{"2__audio": "long.wav", "7__sampler": "ddim",
+                                                            "7__steps": 100, "10__filename_prefix": "lazy_cancel/x"}))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "LetsTalk: clip 1/" not in server.log()[before:]:
+            time.sleep(0.1)
+        server.client.interrupt()
+        with pytest.raises(ComfyInterrupted) as info:
+            server.client.wait(prompt_id, timeout=120)
+        assert info.value.details.get("node_type") == "LetsTalkDecodeVideo"
+
+
 @pytest.mark.parametrize("latent_channels,works", [(4, True), (16, False)])
 def test_native_vae_from_vae_loader(tiny, latent_channels, works):
     """A full-size SD-architecture VAE (random weights) through ComfyUI's own VAELoader."""

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from letstalk_core.latents import build_vae
-from letstalk_core.pipeline import LetsTalkPipeline, iter_clip_latents, load_parts
+from letstalk_core.pipeline import LetsTalkPipeline, SampledVideo, iter_clip_latents, load_parts
 from letstalk_core.sampling import SamplingCancelled
 from letstalk_core.sampling.options import SamplingOptions
 from letstalk_core.video import probe, read_video_frames
@@ -84,6 +84,36 @@ def test_frames_stream_clip_by_clip(pipe, assets, tmp_path):
     # the first clip's frames come out before the second clip's first step, and so on
     assert yields[0] < steps[FAST["steps"]] and yields[-1] > steps[-1]
     assert held <= FRAMES_PER_CLIP
+
+
+def test_a_sampled_video_keeps_short_videos_and_samples_long_ones_while_decoding(pipe, assets, monkeypatch):
+    conditions = pipe.prepare(assets["portrait"], assets["speech"])
+    options = pipe.options(**FAST)
+    steps = []
+
+    def video(**kwargs):
+        return SampledVideo(pipe.checkpoint, conditions.portrait_latent, conditions.audio, options,
+                            conditions.speech, **kwargs)
+
+    kept = video().sample(progress=lambda done, total: steps.append(done))
+    assert not kept.lazy and kept.sampled and steps
+    first = torch.cat([c.latents for c in kept.iter_clips()], dim=1)
+    steps.clear()
+    assert torch.equal(torch.cat([c.latents for c in kept.iter_clips()], dim=1), first) and not steps  # reused
+
+    lazy = video(keep_bytes=0)  # latents larger than what may be kept: made clip by clip as they are read
+    assert lazy.lazy and lazy.latent_bytes == 25 * 4 * 8 * 8 * 4
+    with pytest.raises(ValueError, match="sampled while it is decoded"):
+        lazy.sample()
+    clips = lazy.iter_clips(progress=lambda done, total: steps.append(done))
+    assert not steps  # nothing sampled before the first clip is asked for
+    assert torch.equal(torch.cat([c.latents for c in clips], dim=1), first)  # the same video, not kept
+    assert not lazy.sampled and len(steps) == lazy.num_clips * options.steps
+    monkeypatch.setenv("LETSTALK_KEEP_LATENTS_MB", "0")
+    assert video().lazy
+    monkeypatch.setenv("LETSTALK_KEEP_LATENTS_MB", "lots")
+    with pytest.raises(ValueError, match="LETSTALK_KEEP_LATENTS_MB must be a number of MiB >= 0"):
+        video()
 
 
 def test_paste_back_keeps_the_original_size(pipe, assets):
