@@ -10,7 +10,8 @@ from letstalk_core.audio import AudioEncoder, load_audio_encoder, wav2vec2_encod
 from letstalk_core.pipeline import SpeechConditioning
 
 from .paths import audio_encoder_choices, resolve_audio_encoder
-from .socket_types import LetsTalkAudio, LetsTalkAudioEncoder
+from .model import LoadedLetsTalk
+from .socket_types import LetsTalkAudio, LetsTalkAudioEncoder, LetsTalkModel
 
 log = logging.getLogger("letstalk")
 
@@ -52,9 +53,12 @@ class LoadLetsTalkAudioEncoder(io.ComfyNode):
 
 
 def as_letstalk_encoder(encoder) -> AudioEncoder:
-    """Our encoders pass through; ComfyUI's native AUDIO_ENCODER is converted when it is a wav2vec2."""
+    """Our encoders pass through; a LetsTalk model gives the encoder its checkpoint names (bundled or mel
+    with its band count); ComfyUI's native AUDIO_ENCODER is converted when it is a wav2vec2."""
     if isinstance(encoder, AudioEncoder):
         return encoder
+    if isinstance(encoder, LoadedLetsTalk):
+        return encoder.audio_encoder()
     model = getattr(encoder, "model", None)
     if model is None or not hasattr(encoder, "get_sd"):
         raise ValueError(f"audio_encoder: expected Load LetsTalk Audio Encoder's output or ComfyUI's AUDIO_ENCODER, "
@@ -81,9 +85,10 @@ class EncodeAudio(io.ComfyNode):
                         "of video frames the speech spans.",
             inputs=[
                 io.Audio.Input("audio", tooltip="The speech track (any sample rate, mono or stereo)."),
-                io.MultiType.Input("audio_encoder", types=[LetsTalkAudioEncoder, io.AudioEncoder],
-                                   tooltip="From Load LetsTalk Audio Encoder, or a wav2vec2 from ComfyUI's own "
-                                           "Load Audio Encoder (used with the official feature normalisation)."),
+                io.MultiType.Input("audio_encoder", types=[LetsTalkAudioEncoder, io.AudioEncoder, LetsTalkModel],
+                                   tooltip="The model itself (Load LetsTalk Model: the encoder its checkpoint was "
+                                           "trained with, bundled or named in it), Load LetsTalk Audio Encoder, or "
+                                           "a wav2vec2 from ComfyUI's own Load Audio Encoder."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
                                tooltip="Video frame rate; the video has ceil(seconds x fps) frames. "
                                        "25 is what the official models were trained with."),

@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
 from letstalk_core.latents import LatentCodec, load_vae
-from letstalk_core.pipeline import DEMO_CHECKPOINT
+from letstalk_core.pipeline import DEMO_CHECKPOINT, audio_encoder_for
 
 from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel
@@ -48,6 +48,12 @@ class LoadedLetsTalk:
     checkpoint: LetsTalkCheckpoint
     patcher: comfy.model_patcher.ModelPatcher
     own_vae: LatentCodec | None  # the VAE a bundle carries, if any
+
+    def audio_encoder(self):
+        """The audio encoder the checkpoint names (its mel bands, or the encoder bundled in it), made once."""
+        if getattr(self, "_audio_encoder", None) is None:
+            self._audio_encoder = audio_encoder_for(self.checkpoint)
+        return self._audio_encoder
 
     def load_to_device(self) -> torch.device:
         """Ask ComfyUI's model management to put the model on its device (offloading others if needed)."""

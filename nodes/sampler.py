@@ -14,7 +14,7 @@ import comfy.utils
 from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
-from letstalk_core.pipeline import SampledVideo, sampling_options
+from letstalk_core.pipeline import SampledVideo, check_audio_encoder, sampling_options
 from letstalk_core.sampling import SAMPLERS
 from letstalk_core.sampling.options import check_overrides
 
@@ -103,6 +103,7 @@ class LetsTalkSampler(io.ComfyNode):
     def execute(cls, letstalk_model, portrait, letstalk_audio, seed, sampler, steps, audio_cfg,
                 portrait_cfg, overlap_frames=-1) -> io.NodeOutput:
         ckpt = letstalk_model.checkpoint
+        check_audio_encoder(ckpt, letstalk_audio.encoder)  # the speech features are the ones it was trained on
         options = sampling_options(ckpt, seed=seed, fps=letstalk_audio.fps,
                                    **node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
         log.info("LetsTalk sampling: %s", options.describe())

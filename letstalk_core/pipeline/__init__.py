@@ -158,6 +158,16 @@ def load_parts(
                          ".safetensors for the vdt variants, a DC-AE f32c32 for lite)")
     check_codec(ckpt, codec)
 
+    encoder = audio_encoder_for(ckpt, audio_encoder, device=device)
+    return ckpt, codec, encoder
+
+
+def audio_encoder_for(ckpt: LetsTalkCheckpoint, audio_encoder: str | Path | AudioEncoder | None = None, *,
+                      device: str | torch.device = "cpu") -> AudioEncoder:
+    """The audio encoder to use with ``ckpt``, checked against it: ``audio_encoder`` when given (a loaded
+    encoder, 'mel' or a path), else the one the checkpoint names (a mel filterbank with its band count, or
+    the encoder bundled in it)."""
+    name = str(ckpt.path)
     if isinstance(audio_encoder, AudioEncoder):
         encoder = audio_encoder
     elif audio_encoder is not None:
@@ -176,6 +186,13 @@ def load_parts(
     else:
         raise ValueError(f"checkpoint {name} does not say which audio encoder it was trained with; name one "
                          "(e.g. --audio-encoder path/to/wav2vec2-base-960h)")
+    check_audio_encoder(ckpt, encoder)
+    return encoder
+
+
+def check_audio_encoder(ckpt: LetsTalkCheckpoint, encoder: AudioEncoder) -> None:
+    """Refuse an audio encoder whose features are not the ones the checkpoint's audio projection takes."""
+    name = str(ckpt.path)
     projection = ckpt.audio_proj.config
     if projection.num_layers is not None and projection.feature_dim is not None:
         encoder.check_compatible(int(projection.num_layers), int(projection.feature_dim),
@@ -186,7 +203,6 @@ def load_parts(
             f"= {encoder.num_layers * encoder.feature_dim} per frame, but checkpoint {name} expects "
             f"{projection.input_features}; use the encoder the checkpoint was trained with"
         )
-    return ckpt, codec, encoder
 
 
 def check_codec(ckpt: LetsTalkCheckpoint, codec, what: str = "the VAE") -> None:

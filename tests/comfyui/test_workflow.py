@@ -256,6 +256,19 @@ def test_long_audio_workflow_streams_into_a_saved_mp4(tiny):
     assert abs(info.audio_duration - 12 / 25) <= 1 / 25
 
 
+def test_the_model_gives_its_own_audio_encoder_and_a_wrong_one_is_refused_by_name(tiny):
+    # the model wired into Encode Audio: the encoder its checkpoint names (here mel, 80 bands)
+    outputs = tiny.client.run(basic_workflow(**{"5__audio_encoder": ["3", 0], "10__filename_prefix": "own_enc/x"}))
+    assert probe(saved_videos(tiny, outputs)[0]).frame_count == 25
+    # a checkpoint trained on 16 features per frame, given the 80-band mel encoder
+    make_tiny_bundle(tiny.models_dir / "letstalk" / "tiny16.safetensors", audio_features=16)
+    with pytest.raises(ComfyExecutionError) as info:
+        tiny.client.run(basic_workflow(**{"3__checkpoint": "tiny16.safetensors"}))
+    assert info.value.node_type == "LetsTalkSampler"
+    assert "gives 1 layers x 80 features per frame, but checkpoint" in info.value.exception_message
+    assert "tiny16.safetensors expects 1 layers x 16 features" in info.value.exception_message
+
+
 def test_a_video_too_long_to_keep_is_sampled_while_it_is_decoded(tmp_path):
     """With LETSTALK_KEEP_LATENTS_MB=0 every video counts as too long to keep: the sampler only prepares,
     the decoders sample clip by clip (progress and the per-clip lines come from them), both decoders
