@@ -38,3 +38,46 @@ def test_front_end_loads_ui_workflows_and_submits_their_api_twins(comfy):
             assert got["class_type"] == node["class_type"]
             inputs = {k: v for k, v in got["inputs"].items() if k not in FRONTEND_ONLY}
             assert inputs == node["inputs"], (name, node_id)
+
+
+def _overlaps(a: dict, b: dict, title: float = 30.0) -> bool:
+    """Do two nodes' boxes (the title bar above ``pos`` included) intersect on the canvas?"""
+    (ax, ay), (aw, ah) = a["pos"], a["size"]
+    (bx, by), (bw, bh) = b["pos"], b["size"]
+    return ax < bx + bw and bx < ax + aw and ay - title < by + bh and by - title < ay + ah
+
+
+@pytest.mark.skipif(not (CHROMIUM and shutil.which("node") and (NODE_MODULES / "playwright-core").is_dir()),
+                    reason="needs chromium, node and playwright-core (scripts/setup.sh installs them)")
+def test_templates_open_from_the_browser_whole_with_thumbnails_and_no_overlap(comfy, tmp_path):
+    """Templates -> Extensions -> ComfyUI-LetsTalk -> each template, with the example media in input/:
+    the thumbnail shows, every node is known, no two nodes overlap once the picture and the audio player
+    have loaded, and the graph opens at a readable zoom. A sampler added by hand starts at the basic
+    workflow's sampling settings. The screenshots stay in the test's temporary folder."""
+    import urllib.request
+
+    for name in ("portrait.png", "speech.wav"):
+        shutil.copy(REPO / "workflows" / "examples" / name, comfy.input_dir / name)
+    request = urllib.request.Request(f"{comfy.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})  # no first-run dialog
+    urllib.request.urlopen(request, timeout=30).read()
+    result = subprocess.run(["node", str(Path(__file__).with_name("frontend_templates.js")), CHROMIUM, comfy.url,
+                             str(tmp_path), *TEMPLATES], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    for name, opened in report["templates"].items():
+        # our picture, fetched (a missing one shows as the front end's default-template.png)
+        assert opened["thumbnail"]["src"].startswith("blob:") and opened["thumbnail"]["width"] >= 128, (name, opened)
+        assert opened["unknown"] == [], (name, opened["unknown"])
+        assert Path(opened["screenshot"]).is_file()
+        assert opened["scale"] >= 0.6, name
+        ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+        assert sorted(n["type"] for n in opened["nodes"]) == sorted(n["type"] for n in ui["nodes"])
+        nodes = opened["nodes"]
+        clashes = [(a["type"], b["type"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlaps(a, b)]
+        assert clashes == [], (name, clashes)
+    shipped = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
+    for key in ("sampler", "steps", "audio_cfg", "portrait_cfg", "overlap_frames", "seed"):
+        assert report["sampler"][key] == shipped[key], key
