@@ -18,9 +18,16 @@ const fs = require('fs');
     await page.goto(url, { waitUntil: 'load', timeout: 120000 });
     await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 120000 });
     const prompts = {};
+    await page.waitForTimeout(2000);  // let the front end finish its own start-up loads (a default workflow)
     for (const file of workflows) {
       const workflow = JSON.parse(fs.readFileSync(file, 'utf8'));
-      await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
+      // load until the graph holds this workflow's nodes: a late start-up load can replace the first one
+      for (let attempt = 0; attempt < 5; attempt++) {
+        await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
+        await page.waitForTimeout(500);
+        const count = await page.evaluate(() => window.app.graph._nodes.length);
+        if (count === workflow.nodes.length) break;
+      }
       prompts[file] = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
     }
     console.log(JSON.stringify({ errors, prompts }));

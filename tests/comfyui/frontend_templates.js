@@ -31,7 +31,7 @@ const { chromium } = require('playwright-core');
                                                                     && el.textContent.trim() === title);
         for (let el = label; el; el = el.parentElement) {
           const images = el.querySelectorAll('img');
-          if (images.length > 1) return { src: null, width: 0 };  // reached the grid: no picture of its own
+          if (images.length > 1) return false;  // reached the grid: its own picture is not there yet, ask again
           if (images.length === 1) {
             const image = images[0];
             if (!image.complete) return false;  // still loading: ask again
@@ -39,7 +39,7 @@ const { chromium } = require('playwright-core');
             return { src: image.currentSrc, width: image.naturalWidth };
           }
         }
-        return { src: null, width: 0 };
+        return false;
       }, name, { timeout: 30000 })).jsonValue();
       await card.click();
       await page.waitForFunction((count) => window.app.graph._nodes.length > 0, null, { timeout: 30000 });

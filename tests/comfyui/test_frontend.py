@@ -20,7 +20,18 @@ FRONTEND_ONLY = {"audioUI"}  # values the front end keeps for its own widgets (t
 
 @pytest.mark.skipif(not (CHROMIUM and shutil.which("node") and (NODE_MODULES / "playwright-core").is_dir()),
                     reason="needs chromium, node and playwright-core (scripts/setup.sh installs them)")
+def _skip_first_run_dialog(comfy) -> None:
+    """The front end opens its template browser on a first visit and may load a workflow of its own;
+    this server's user has seen it."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{comfy.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+
+
 def test_front_end_loads_ui_workflows_and_submits_their_api_twins(comfy):
+    _skip_first_run_dialog(comfy)
     names = list(TEMPLATES)
     files = [str(REPO / "workflows" / f"{name}.json") for name in names]
     result = subprocess.run(["node", str(Path(__file__).with_name("frontend_prompt.js")), CHROMIUM, comfy.url, *files],
@@ -54,13 +65,9 @@ def test_templates_open_from_the_browser_whole_with_thumbnails_and_no_overlap(co
     the thumbnail shows, every node is known, no two nodes overlap once the picture and the audio player
     have loaded, and the graph opens at a readable zoom. A sampler added by hand starts at the basic
     workflow's sampling settings. The screenshots stay in the test's temporary folder."""
-    import urllib.request
-
     for name in ("portrait.png", "speech.wav"):
         shutil.copy(REPO / "workflows" / "examples" / name, comfy.input_dir / name)
-    request = urllib.request.Request(f"{comfy.url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
-                                     headers={"Content-Type": "application/json"})  # no first-run dialog
-    urllib.request.urlopen(request, timeout=30).read()
+    _skip_first_run_dialog(comfy)
     result = subprocess.run(["node", str(Path(__file__).with_name("frontend_templates.js")), CHROMIUM, comfy.url,
                              str(tmp_path), *TEMPLATES], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
