@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,7 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .metrics import MouthMeter, frame_changes, pearson, seam_ratio, structure_error, sync_correlation
+from .metrics import MouthMeter, frame_changes, seam_ratio, structure_error, sync_correlation
 
 __all__ = ["RealClip", "REAL_TARGETS", "load_real_clips", "evaluate_videos", "format_real_report"]
 
