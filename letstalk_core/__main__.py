@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .heap import keep_working_buffers_on_heap
+
+    keep_working_buffers_on_heap()  # this process runs CPU forwards: let glibc keep their buffers
     try:
         return int(args.func(args) or 0)
     except (CheckpointError, FileNotFoundError, ValueError) as error:

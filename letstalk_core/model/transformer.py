@@ -254,34 +254,6 @@ class LetsTalkBlock(nn.Module):
         return cached[1], cached[2]
 
 
-_HEAP_RAISED = False
-# glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit) is 32 MiB
-_HEAP_PROBE_BYTES = 30 * 2**20
-
-
-def _let_the_heap_keep_working_buffers() -> None:
-    """Once per process, before the first CPU inference forward: allocate and free one untouched
-    30 MiB buffer.
-
-    glibc serves large allocations with mmap until a freed mmapped block raises its "dynamic"
-    threshold to that block's size (at most 32 MiB); it then also returns heap memory to the system
-    whenever more than twice that lies free at the top of the heap. The chunked inference path's
-    buffers (up to ~13 MiB for an S model) leave the threshold near 13 MiB, so the heap is trimmed and
-    regrown inside every forward: ~130k minor page faults and ~0.3 s of system time per
-    Litecatlong-S forward at 512 px on the 2-core test machine. After this one free the threshold is
-    30 MiB and those buffers stay on the heap (0-400 faults per forward on the main thread; 6-12k in
-    a worker thread, as ComfyUI runs prompts, whose malloc arena behaves a little differently); at
-    most ~60 MiB of freed heap is kept. This is glibc's own adaptation, reached at once instead of never: no allocator
-    setting is changed, and elsewhere (other C libraries, a threshold already higher or fixed by
-    the process) it does nothing. The pages are never touched, so it costs microseconds.
-    """
-    global _HEAP_RAISED
-    if not _HEAP_RAISED:
-        _HEAP_RAISED = True
-        probe = torch.empty(_HEAP_PROBE_BYTES, dtype=torch.uint8)
-        del probe
-
-
 class LetsTalkTransformer(ModelMixin, ConfigMixin):
     """LetsTalk latent diffusion transformer (``vdt``, ``vdt_long`` or ``lite``).
 
@@ -339,6 +311,31 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         self._table_cache: dict[tuple, torch.Tensor] = {}
         # tokens per chunk in the inference path (see LetsTalkBlock.forward_inference); None: 2048
         self.inference_chunk_rows: int | None = None
+        self._inference_path = "auto"
+
+    # ---- how a forward without autograd runs -----------------------------------------------------
+    INFERENCE_PATHS = ("auto", "chunked", "blocks")
+
+    @property
+    def inference_path(self) -> str:
+        """How a forward without autograd runs: ``"chunked"``, one packed token buffer updated in place
+        chunk by chunk with the qkv/feed-forward weights folded per sample (``bench/transformer.py``:
+        faster on a CPU); ``"blocks"``, the training blocks under ``no_grad`` (same numbers to float
+        rounding); ``"auto"`` (default), chunked on a CPU and blocks elsewhere, until a GPU benchmark
+        says the chunked path wins there too. A runtime choice, not saved with the weights."""
+        return self._inference_path
+
+    @inference_path.setter
+    def inference_path(self, path: str) -> None:
+        if path not in self.INFERENCE_PATHS:
+            raise ValueError(f"inference_path must be one of {', '.join(self.INFERENCE_PATHS)}; got {path!r}")
+        self._inference_path = path
+
+    def runs_chunked(self, device: torch.device) -> bool:
+        """Whether a forward without autograd on ``device`` takes the chunked in-place path."""
+        if self._inference_path == "auto":
+            return torch.device(device).type == "cpu"
+        return self._inference_path == "chunked"
 
     # ---- initialisation for training -------------------------------------------------------------
     @torch.no_grad()
@@ -459,7 +456,7 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
             # (32 MiB). Unchunked, the feed-forward and qkv buffers of an S model at 256 px (40-50 MiB)
             # are mmapped and unmapped on every block: ~220k-400k page faults, 0.3-0.8 s of a ~4-5 s
             # forward on the 2-core test machine. Chunked, the heap reuses them (once glibc's threshold
-            # is up: _let_the_heap_keep_working_buffers); on one thread and on two, 2048 measured as
+            # is up: letstalk_core.heap.keep_working_buffers_on_heap); on one thread and on two, 2048 measured as
             # fast as 4096 or faster (bench/transformer.py).
             rows_per_chunk = 2048
         for block in self.blocks:
@@ -496,8 +493,6 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         tokens = grid[0] * grid[1]
         dim = cfg.hidden_size
         memory_frames = 0 if memory_latents is None else memory_latents.shape[1]
-        if device.type == "cpu" and not torch.is_grad_enabled():
-            _let_the_heap_keep_working_buffers()  # before this forward's buffers are allocated
 
         spatial = self.spatial_position_table(*grid, device=device, dtype=dtype)  # [N, D]
         temporal = self.temporal_position_table(memory_frames + frames, device=device, dtype=dtype)  # [K+F, D]
@@ -520,7 +515,7 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         time_features = F.silu(time_embedding)
         audio = audio_tokens.to(dtype).reshape(batch * frames, audio_tokens.shape[2], audio_tokens.shape[3])
 
-        if not torch.is_grad_enabled():  # inference: packed tokens, updated in place chunk by chunk
+        if not torch.is_grad_enabled() and self.runs_chunked(device):  # packed tokens, updated in place
             video = self._run_blocks_inference(memory, video, portrait, time_features, audio, grid)
         else:
             for block in self.blocks:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests.helpers import OFFICIAL_FIXTURES as FIXTURES
+from letstalk_core import heap
 from letstalk_core.checkpoints import load_checkpoint, load_official_checkpoint
 from letstalk_core.checkpoints.official import (
     audio_state_from_official,
@@ -243,6 +244,35 @@ def test_training_mode_and_gradient_checkpointing(variant):
     assert model.gradient_checkpointing
     assert grads[0].abs().max() > 0
     assert (grads[0] - grads[1]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["vdt_long", "lite"])
+def test_inference_path_is_a_named_setting(variant, monkeypatch):
+    """The chunked in-place path is chosen by ``inference_path`` (auto: on a CPU), not by autograd alone;
+    both paths give the same numbers."""
+    model = _tiny(variant, depth=2).eval()
+    inputs = _inputs(2, 3, 8, 8, 2)
+    taken = []
+    original = LetsTalkTransformer._run_blocks_inference
+    monkeypatch.setattr(LetsTalkTransformer, "_run_blocks_inference",
+                        lambda self, *args: taken.append(True) or original(self, *args))
+    monkeypatch.setattr(heap, "_prepared", False)
+    outputs = {}
+    for path in ("auto", "chunked", "blocks"):
+        model.inference_path = path
+        taken.clear()
+        with torch.no_grad():
+            outputs[path] = model(*inputs)
+        assert taken == ([True] if path != "blocks" else []), path
+    assert not heap.heap_prepared()  # a forward leaves the process's allocator alone
+    assert model.runs_chunked(torch.device("cpu")) is False  # "blocks" now
+    model.inference_path = "auto"
+    assert model.runs_chunked(torch.device("cpu")) and not model.runs_chunked(torch.device("cuda"))
+    assert torch.equal(outputs["auto"], outputs["chunked"])
+    scale = outputs["blocks"].abs().max().item()
+    assert (outputs["chunked"] - outputs["blocks"]).abs().max().item() < 1e-5 * scale
+    with pytest.raises(ValueError, match="inference_path must be one of auto, chunked, blocks; got 'fast'"):
+        model.inference_path = "fast"
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -528,12 +558,14 @@ def test_initialize_weights_can_start_the_audio_cross_attention_closed():
 
 _FAULTS_SCRIPT = """
 import resource, torch
+from letstalk_core.heap import keep_working_buffers_on_heap
 from letstalk_core.model import LetsTalkTransformer
 torch.manual_seed(0)
 model = LetsTalkTransformer(variant="lite", in_channels=32, patch_size=1, hidden_size=384, depth=1, num_heads=6,
                             audio_dim=64, sample_size=16, frames_per_clip=16, memory_frames=2).eval()
 args = (torch.randn(1, 16, 32, 16, 16), torch.tensor([500]), torch.randn(1, 32, 16, 16),
         torch.randn(1, 16, 4, 64), torch.randn(1, 2, 32, 16, 16))
+keep_working_buffers_on_heap()  # what the command line and the ComfyUI entry point do at start
 with torch.no_grad():
     model(*args)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -547,9 +579,10 @@ with torch.no_grad():
                     reason="counts glibc's page faults on Linux")
 def test_cpu_inference_reuses_its_buffers_instead_of_faulting_in_fresh_pages():
     """A fresh process (glibc's mmap threshold at its start value), one Litecatlong-S block at its
-    512 px size: after the first forward, the next ones find their ~13 MiB buffers on the heap.
-    Without ``_let_the_heap_keep_working_buffers`` the heap is trimmed and regrown inside every
-    forward: ~37k minor page faults for these two forwards on the test machine; with it, ~0."""
+    512 px size: when the process called ``keep_working_buffers_on_heap`` at start, forwards after
+    the first find their ~13 MiB buffers on the heap.
+    Without it the heap is trimmed and regrown inside every forward: ~37k minor page faults for
+    these two forwards on the test machine; with it, ~0."""
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=300,
                             cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
