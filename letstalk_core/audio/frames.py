@@ -12,20 +12,11 @@ from fractions import Fraction
 
 import torch
 
-from ..video.timing import as_fps  # one definition of a frame rate for audio and video
+from ..video.timing import as_fps, frame_count  # one frame rate and one frame count for audio and video
 
 # Largest denominator kept when a float frame rate is turned into a fraction. 1001 covers the broadcast
 # rates exactly (30000/1001, 24000/1001, 2997/100, 2997/125, 25, 50) and absorbs float32 round-off:
 # 29.97 -> 2997/100, 30000/1001 as a float (29.97002997...) -> 30000/1001, 23.976 -> 2997/125.
-
-
-def frame_count(num_samples: int, sample_rate: int, fps) -> int:
-    """Number of video frames ``ceil(num_samples / sample_rate * fps)`` covering the audio, exactly."""
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    return math.ceil(Fraction(int(num_samples), int(sample_rate)) * as_fps(fps))
 
 
 def samples_for_frames(num_frames: int, sample_rate: int, fps) -> int:

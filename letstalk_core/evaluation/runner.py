@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..sampling import clip_plan
+from ..video.timing import frame_count
 from .metrics import MouthMeter, as_frames, drift_ratio, frame_changes, identity_errors, pearson, seam_ratio
 
 __all__ = ["TARGETS", "SAMPLER_TABLE", "EvalSample", "identity_seeds", "heldout_speech", "heldout_samples",
@@ -318,7 +319,7 @@ def evaluate_checkpoint(
     runs = [(sampler, steps)] + ([tuple(s) for s in sampler_settings] if with_sampler_table else [])
     total = sum(_clips(s.num_frames, frames_per_clip, overlap_frames) for s in samples) * sum(r[1] for r in runs)
     total += sum(_clips(samples[i].num_frames, frames_per_clip, overlap_frames) for i in extra_floor) * steps
-    drift_frames = int(math.ceil(drift_seconds * FPS - 1e-9)) if drift_seconds else 0
+    drift_frames = frame_count(int(round(drift_seconds * SAMPLE_RATE)), SAMPLE_RATE, FPS) if drift_seconds else 0
     total += (_clips(drift_frames, frames_per_clip, overlap_frames) if drift_frames else 0) * steps
     counter = _StepCounter(progress, total)
     if progress is not None:

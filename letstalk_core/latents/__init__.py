@@ -6,12 +6,11 @@
 the crop box for ``paste_back``.
 """
 
-from .codecs import LatentCodec, check_latent_channels, images_from_comfy, images_to_comfy
+from .codecs import LatentCodec, check_latent_channels, config_downscale_factor, images_from_comfy, images_to_comfy
 from .loading import (
     SHIPPED_CONFIGS,
     build_vae,
     detect_vae_layout,
-    config_downscale_factor,
     load_shipped_config,
     load_vae,
     save_vae,

@@ -17,7 +17,7 @@ chunks of frames so that a long clip never needs more than ``chunk_size`` frames
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -70,6 +70,14 @@ def check_latent_channels(latent_channels: int, expected: int, *, vae_name: str 
             f"expects {int(expected)} (in_channels). Use the VAE the model was trained with "
             f"(4 channels: SD VAE or the demo VAE; 32 channels: DC-AE f32c32 or TAEF2)."
         )
+
+
+def config_downscale_factor(config: Mapping[str, Any]) -> int:
+    """Pixels per latent along a side for a diffusers VAE config (AutoencoderKL or DC-AE)."""
+    blocks = config.get("encoder_block_out_channels") or config.get("block_out_channels")
+    if not blocks:
+        raise ValueError("VAE config has neither block_out_channels nor encoder_block_out_channels")
+    return 2 ** (len(blocks) - 1)
 
 
 class LatentCodec(nn.Module):
@@ -131,8 +139,6 @@ class LatentCodec(nn.Module):
 
     @property
     def downscale_factor(self) -> int:
-        from .loading import config_downscale_factor
-
         return config_downscale_factor(dict(self.vae.config))
 
     @property

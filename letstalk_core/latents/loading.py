@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .codecs import LatentCodec, check_latent_channels
+from .codecs import LatentCodec, check_latent_channels, config_downscale_factor
 from .taef2 import (
     MIDBLOCK_POOL_KEY,
     build_tiny_autoencoder,
@@ -87,14 +87,6 @@ def load_shipped_config(kind: str) -> dict:
         raise ValueError(f"kind: expected one of {sorted(SHIPPED_CONFIGS)}, got {kind!r}")
     with open(CONFIG_DIR / SHIPPED_CONFIGS[kind], encoding="utf-8") as f:
         return json.load(f)
-
-
-def config_downscale_factor(config: Mapping[str, Any]) -> int:
-    """Pixels per latent along a side for a diffusers VAE config (AutoencoderKL or DC-AE)."""
-    blocks = config.get("encoder_block_out_channels") or config.get("block_out_channels")
-    if not blocks:
-        raise ValueError("VAE config has neither block_out_channels nor encoder_block_out_channels")
-    return 2 ** (len(blocks) - 1)
 
 
 def build_vae(config: Mapping[str, Any], *, kind: Optional[str] = None, seed: Optional[int] = None) -> LatentCodec:

@@ -1,7 +1,7 @@
 """Video input/output: streaming mp4 writing with audio muxing, frame and stream reading."""
 
 from .reader import VideoInfo, decode_audio, iter_video_frames, probe, read_video_frames
-from .timing import as_fps, frame_count_for_seconds
+from .timing import as_fps, frame_count
 from .writer import SUPPORTED_EXTENSIONS, Mp4Writer, write_mp4
 
 __all__ = [
@@ -14,5 +14,5 @@ __all__ = [
     "iter_video_frames",
     "decode_audio",
     "as_fps",
-    "frame_count_for_seconds",
+    "frame_count",
 ]

@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from ..files import ffmpeg_exe
+from ..sound import mix_and_resample, read_sound
 from .timing import as_fps
 
 __all__ = [
@@ -196,9 +197,9 @@ def read_video_frames(path: PathLike) -> np.ndarray:
 def decode_audio(
     path: PathLike, sample_rate: Optional[int] = None, *, mono: bool = False
 ) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream of any media file to float32 ``[S, C]``, with the project's one
-    ffmpeg audio decoder; mixing down and resampling are those of the speech input
-    (:func:`letstalk_core.audio.load_audio`), so training data and inference hear the same features.
+    """The first audio stream of any media file as float32 ``[S, C]``, read by the package's one
+    audio normaliser and mixed/resampled by its one resampler (:mod:`letstalk_core.sound`, as the
+    speech input is), so training data and inference hear the same features.
 
     Args:
         sample_rate: resample to this rate (torchaudio's band-limited sinc); None keeps the file's rate.
@@ -206,16 +207,9 @@ def decode_audio(
     Returns:
         ``(samples [S, C], sample_rate)``.
     """
-    import torchaudio.functional as AF
-
-    from ..audio.loading import decode_with_ffmpeg
-
     file = _existing_file(path, "audio path")
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0):
         raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
-    samples, rate = decode_with_ffmpeg(file, repr(str(file)))  # [C, T] at the file's rate
-    if mono:
-        samples = samples.mean(dim=0, keepdim=True)  # [1, T]
-    if sample_rate is not None and sample_rate != rate:
-        samples, rate = AF.resample(samples, rate, sample_rate), sample_rate
+    sound = read_sound(file)
+    samples, rate = mix_and_resample(sound.samples, sound.sample_rate, sample_rate, mono=mono)  # [C, T]
     return np.ascontiguousarray(samples.numpy().T), rate  # [S, C]

@@ -1,4 +1,4 @@
-"""Frame rates as exact rationals and the frame count of a stretch of audio.
+"""Frame rates as exact rationals and the frame count of a stretch of audio (the package's one of each).
 
 NTSC rates are written as decimals by people (29.97, 59.94, 23.976) but are really
 ``N * 1000 / 1001``. ``as_fps`` turns such decimals into the exact fraction, so that a
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from numbers import Real
+from numbers import Integral, Real
 
-__all__ = ["as_fps", "frame_count_for_seconds"]
+__all__ = ["as_fps", "frame_count"]
 
 # Integer rates whose 1000/1001 NTSC version is commonly given as a decimal.
 _NTSC_BASES = (24, 30, 48, 60, 120)
@@ -63,13 +63,12 @@ def _snap_ntsc(value: float) -> Fraction:
     return Fraction(value).limit_denominator(1001)
 
 
-def frame_count_for_seconds(seconds: float, fps) -> int:
-    """Number of video frames covering ``seconds`` of audio: ``ceil(seconds * fps)``.
-
-    A tiny tolerance keeps exact products (2.0 s at 25 fps = 50) from rounding up through
-    floating point error.
-    """
-    if not (isinstance(seconds, Real) and math.isfinite(float(seconds)) and seconds >= 0):
-        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
-    exact = float(seconds) * float(as_fps(fps))
-    return int(math.ceil(exact - 1e-6))
+def frame_count(num_samples: int, sample_rate: int, fps) -> int:
+    """Number of video frames covering ``num_samples`` of audio at ``sample_rate``:
+    ``ceil(num_samples / sample_rate * fps)``, in exact fractions (4.0 s at 25 fps is 100 frames, not
+    101 from float round-off; NTSC rates count exactly). The package's one frame count."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 0:
+        raise ValueError(f"num_samples must be an integer >= 0, got {num_samples!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, Integral) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    return math.ceil(Fraction(int(num_samples), int(sample_rate)) * as_fps(fps))

@@ -25,8 +25,10 @@ from typing import Optional, Union
 import numpy as np
 
 from ..files import ffmpeg_exe
-from .audio_io import AudioLike, load_audio_input
+from ..sound import read_sound
 from .timing import as_fps
+
+AudioLike = Union[np.ndarray, "torch.Tensor", str, os.PathLike, dict]  # noqa: F821 (what read_sound accepts)
 
 __all__ = ["Mp4Writer", "write_mp4", "SUPPORTED_EXTENSIONS"]
 
@@ -119,9 +121,9 @@ class Mp4Writer:
     Args:
         path: output file (``.mp4``, ``.m4v``, ``.mov`` or ``.mkv``); its folder must exist.
         fps: frame rate; int, float, ``Fraction`` or ``"30000/1001"`` (29.97 becomes 30000/1001).
-        audio: optional speech track: a 1-D ``[S]`` or 2-D (``[C, S]`` or ``[S, C]``) float
-            array/tensor with ``sample_rate``, or a path to an audio/video file. May also be
-            given to ``close``. It is trimmed or padded with silence to the video length.
+        audio: optional speech track: anything :func:`letstalk_core.sound.read_sound` accepts (a
+            ``[S]``, ``[C, S]`` or ``[S, C]`` array/tensor with ``sample_rate``, a path to an
+            audio/video file, a ComfyUI AUDIO dict). May also be given to ``close``. It is trimmed or padded with silence to the video length.
         sample_rate: sample rate of an array ``audio``.
         crf: x264 constant rate factor (0 = lossless .. 51); 18 looks visually lossless.
         preset: x264 speed preset.
@@ -170,8 +172,10 @@ class Mp4Writer:
 
     # ----- audio -------------------------------------------------------------------
     def set_audio(self, audio: AudioLike, sample_rate: Optional[int] = None) -> None:
-        """Set (or replace) the speech track muxed in at ``close``; validated now."""
-        self._audio = load_audio_input(audio, sample_rate, name="audio")
+        """Set (or replace) the speech track muxed in at ``close``; validated now, by the package's one
+        audio normaliser (:func:`letstalk_core.sound.read_sound`)."""
+        sound = read_sound(audio, sample_rate, name="audio")
+        self._audio = np.ascontiguousarray(sound.samples.numpy().T), sound.sample_rate  # [S, C]
 
     # ----- frames ------------------------------------------------------------------
     def write(self, frames) -> None:

@@ -180,8 +180,8 @@ def test_animator_blinks_moves_smoothly_and_is_deterministic():
 
 
 def test_animator_rejects_bad_audio():
-    with pytest.raises(ValueError, match="dtype int16"):
-        mouth_opening_from_audio(np.zeros(1000, np.int16), SR)
+    with pytest.raises(ValueError, match="dtype torch.uint8"):
+        mouth_opening_from_audio(np.zeros(1000, np.uint8), SR)
     with pytest.raises(ValueError, match="sample_rate"):
         mouth_opening_from_audio(np.zeros(1000, np.float32), 0)
     with pytest.raises(ValueError, match="shape"):

@@ -13,7 +13,7 @@ from letstalk_core.video import (
     Mp4Writer,
     as_fps,
     decode_audio,
-    frame_count_for_seconds,
+    frame_count,
     iter_video_frames,
     probe,
     read_video_frames,
@@ -48,9 +48,13 @@ def test_fps_parsing_is_exact():
     assert as_fps("30000/1001") == Fraction(30000, 1001)
     assert as_fps(23.976) == Fraction(24000, 1001)
     assert as_fps(12.5) == Fraction(25, 2)
-    assert frame_count_for_seconds(2.0, 25) == 50
-    assert frame_count_for_seconds(2.01, 25) == 51
-    assert frame_count_for_seconds(1.0, "30000/1001") == 30
+    assert frame_count(32000, 16000, 25) == 50
+    assert frame_count(32160, 16000, 25) == 51
+    assert frame_count(16000, 16000, "30000/1001") == 30
+    assert frame_count(4 * 44100, 44100, 25) == 100  # exact: no float round-off up to 101
+    for bad in ((-1, 16000), (1.5, 16000), (100, 0), (100, 16000.0)):
+        with pytest.raises(ValueError):
+            frame_count(*bad, 25)
     for bad in (0, -5, "fast", float("nan")):
         with pytest.raises(ValueError):
             as_fps(bad)
@@ -220,8 +224,8 @@ def test_audio_errors(tmp_path):
         Mp4Writer(tmp_path / "a.mp4", 25, audio=_tone(1.0))
     with pytest.raises(ValueError, match="shape"):
         Mp4Writer(tmp_path / "a.mp4", 25, audio=np.zeros((2, 3, 100), np.float32), sample_rate=16000)
-    with pytest.raises(ValueError, match="dtype int16"):
-        Mp4Writer(tmp_path / "a.mp4", 25, audio=np.zeros(100, np.int16), sample_rate=16000)
+    with pytest.raises(ValueError, match="dtype torch.uint8"):
+        Mp4Writer(tmp_path / "a.mp4", 25, audio=np.zeros(100, np.uint8), sample_rate=16000)
     with pytest.raises(FileNotFoundError, match="nope.wav"):
         Mp4Writer(tmp_path / "a.mp4", 25, audio=tmp_path / "nope.wav")
     assert _leftovers(tmp_path) == []

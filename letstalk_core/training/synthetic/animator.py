@@ -15,14 +15,13 @@ uses it as the ground truth for lip sync. Blinks and head motion come from a see
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from ...video.reader import decode_audio
-from ...video.timing import as_fps, frame_count_for_seconds
+from ...sound import mix_and_resample, read_sound
+from ...video.timing import as_fps, frame_count
 from .face import FacePose
 
 __all__ = [
@@ -40,34 +39,18 @@ _WINDOW_FRAMES = 1.5  # analysis window, in video frame periods
 
 
 def _check_audio(audio, sample_rate):
-    """Return ``(mono float64 samples [S], sample_rate)`` from an array or an audio/video file."""
-    if isinstance(audio, (str, os.PathLike)):
-        if sample_rate is not None:
-            raise ValueError(f"audio is a file path ({str(audio)!r}); its rate comes from the file, pass sample_rate=None")
-        samples, rate = decode_audio(audio, mono=True)  # [S, 1]
-        return samples[:, 0].astype(np.float64), rate
-    if type(audio).__module__.split(".")[0] == "torch":
-        audio = audio.detach().float().cpu().numpy()
-    if not isinstance(audio, np.ndarray):
-        raise TypeError(f"audio must be a 1-D numpy array or torch tensor of samples, got {type(audio).__name__}")
-    if audio.ndim == 2 and min(audio.shape) <= 8:
-        audio = audio.mean(axis=int(np.argmin(audio.shape)))  # mix channels down
-    if audio.ndim != 1:
-        raise ValueError(f"audio has shape {audio.shape}; accepted: [samples] or [channels, samples]")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise ValueError(f"audio has dtype {audio.dtype}; accepted: float samples in -1..1")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1000:
-        raise ValueError(f"sample_rate must be an int >= 1000 Hz, got {sample_rate!r}")
-    if not np.isfinite(audio).all():
-        raise ValueError("audio contains NaN or inf samples")
-    return audio.astype(np.float64, copy=False), int(sample_rate)
+    """Return ``(mono float64 samples [S], sample_rate)`` from anything the package's one audio
+    normaliser accepts (an array with its rate, an audio/video file, a ComfyUI AUDIO dict)."""
+    sound = read_sound(audio, sample_rate)
+    mono, rate = mix_and_resample(sound.samples, sound.sample_rate)  # [1, S] at its own rate
+    return mono[0].double().numpy(), rate
 
 
 def _frame_windows(audio: np.ndarray, sample_rate: int, fps, num_frames: Optional[int]) -> np.ndarray:
     """Samples of each frame's analysis window, Hann-weighted: ``[F, W]``."""
     fps = as_fps(fps)
     if num_frames is None:
-        num_frames = frame_count_for_seconds(audio.shape[0] / sample_rate, fps)
+        num_frames = frame_count(audio.shape[0], sample_rate, fps)
     if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive int (or None for ceil(seconds * fps)), got {num_frames!r}")
     hop = sample_rate / float(fps)

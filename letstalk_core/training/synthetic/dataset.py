@@ -21,7 +21,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ...files import atomic_write_text
-from ...video.timing import as_fps, frame_count_for_seconds
+from ...video.timing import as_fps, frame_count
 from ...video.writer import Mp4Writer
 from .animator import animate_face
 from .face import render_face, sample_identity
@@ -99,7 +99,7 @@ def generate_talking_video(
     fps_exact = as_fps(fps)
     identity = sample_identity(int(identity_seed))
     track = make_speech_track(seconds, seed=seed, split=split)
-    num_frames = frame_count_for_seconds(track.seconds, fps_exact)
+    num_frames = frame_count(track.audio.shape[0], track.sample_rate, fps_exact)
     motion = animate_face(track.audio, track.sample_rate, fps_exact, seed=seed, num_frames=num_frames)
     with Mp4Writer(out_path, fps_exact, audio=track.audio, sample_rate=track.sample_rate, preset=preset) as writer:
         chunk = []
