@@ -15,6 +15,7 @@ from letstalk_core.checkpoints import save_checkpoint
 from letstalk_core.latents import build_vae, load_shipped_config, vae_bundle_entries
 from letstalk_core.model import AudioProjection, LetsTalkTransformer
 from letstalk_core.training.synthetic.face import render_face, sample_identity
+from letstalk_core.video import Mp4Writer
 
 REPO = Path(__file__).resolve().parents[1]
 # ground truth from the authors' code, committed with the tests (tests/fixtures/official_letstalk/index.json
@@ -109,3 +110,15 @@ def write_portrait(path: Path, size: int = 96, seed: int = 7, extra_width: int =
         face = np.concatenate([face, face[:, :extra_width]], axis=1)
     Image.fromarray(face).save(path)
     return path
+
+
+def write_mp4(path, frames, fps=25, *, audio=None, sample_rate=None, **writer_options) -> Path:
+    """All ``frames`` (``[N, H, W, 3]``, or an iterable of such chunks) through one :class:`Mp4Writer`:
+    test videos in one call."""
+    with Mp4Writer(path, fps, audio=audio, sample_rate=sample_rate, **writer_options) as writer:
+        if isinstance(frames, (np.ndarray, torch.Tensor)):
+            writer.write(frames)
+        else:
+            for chunk in frames:
+                writer.write(chunk)
+    return writer.path

@@ -8,7 +8,6 @@ from .conditioning import AudioFeatures, encode_audio
 from .encoder_base import AudioEncoder
 from .encoders import (
     audio_encoder_from_state_dict,
-    check_audio_encoder_compatible,
     infer_wav2vec2_config,
     infer_whisper_config,
     load_audio_encoder,
@@ -16,7 +15,8 @@ from .encoders import (
     wav2vec2_state_dict,
     whisper_encoder_state_dict,
 )
-from .frames import as_fps, frame_count, frame_windows, padded_frame_count
+from ..video.timing import frame_count  # the one frame count, for audio and video
+from .frames import as_fps, frame_windows, padded_frame_count
 from .loading import MonoAudio, load_audio, normalize_loudness
 from .mel import MelAudioEncoder
 from .wav2vec2 import Wav2Vec2AudioEncoder
@@ -24,7 +24,7 @@ from .whisper import WhisperAudioEncoder
 
 __all__ = [
     "AudioEncoder", "AudioFeatures", "audio_encoder_from_state_dict", "MelAudioEncoder", "MonoAudio", "Wav2Vec2AudioEncoder", "WhisperAudioEncoder",
-    "as_fps", "check_audio_encoder_compatible", "encode_audio", "frame_count", "frame_windows",
+    "as_fps", "encode_audio", "frame_count", "frame_windows",
     "infer_wav2vec2_config", "infer_whisper_config", "load_audio", "load_audio_encoder", "normalize_loudness",
     "padded_frame_count", "wav2vec2_encoder_from_state_dict", "wav2vec2_state_dict", "whisper_encoder_state_dict",
 ]

@@ -8,7 +8,8 @@ from fractions import Fraction
 import torch
 
 from .encoder_base import AudioEncoder
-from .frames import as_fps, frame_count, frame_windows, padded_frame_count
+from ..video.timing import frame_count
+from .frames import as_fps, frame_windows, padded_frame_count
 from .loading import MonoAudio, load_audio
 
 

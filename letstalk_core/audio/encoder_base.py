@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .frames import as_fps, frame_count, samples_for_frames
+from ..video.timing import frame_count
+from .frames import as_fps, samples_for_frames
 from .loading import MonoAudio
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..weights import read_weights
 from .encoder_base import AudioEncoder
 from .mel import MelAudioEncoder
 from .wav2vec2 import Wav2Vec2AudioEncoder
@@ -125,12 +126,6 @@ def audio_encoder_from_state_dict(
                      "(and 'mel', which has no weights)")
 
 
-def check_audio_encoder_compatible(encoder: AudioEncoder, num_layers: int, feature_dim: int,
-                                   expected_by: str = "the LetsTalk checkpoint") -> None:
-    """Raise a ValueError naming both sides when ``encoder`` does not give ``num_layers x feature_dim``."""
-    encoder.check_compatible(num_layers, feature_dim, expected_by)
-
-
 # --- reading files -------------------------------------------------------------------------------
 
 
@@ -165,22 +160,7 @@ def _read_folder(folder: Path, config):
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"audio encoder file '{path}' is not a readable safetensors file: {err}") from err
-    try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"audio encoder file '{path}' could not be read as a torch state dict: {err}") from err
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"audio encoder file '{path}' does not hold a flat state dict of tensors")
-    return loaded
+    return read_weights(path, "audio encoder file")[0]
 
 
 def _kind_from_config(config, where) -> str:

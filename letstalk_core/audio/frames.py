@@ -7,12 +7,11 @@ round-off) and NTSC rates (29.97 or 30000/1001) count frames exactly.
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import torch
 
-from ..video.timing import as_fps, frame_count  # one frame rate and one frame count for audio and video
+from ..video.timing import as_fps  # one definition of a frame rate for audio and video
 
 # Largest denominator kept when a float frame rate is turned into a fraction. 1001 covers the broadcast
 # rates exactly (30000/1001, 24000/1001, 2997/100, 2997/125, 25, 50) and absorbs float32 round-off:

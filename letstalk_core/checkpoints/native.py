@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..files import atomic_write
 from ..model import AudioProjection, LetsTalkTransformer
+from ..weights import WeightFileError, read_safetensors
 from .errors import CheckpointError
 from .official import OFFICIAL_TRAINING, _build, load_official_checkpoint
 
@@ -186,8 +186,10 @@ def _json_metadata(metadata: dict, key: str, path: Path) -> dict:
 
 
 def _load_native(path: Path) -> LetsTalkCheckpoint:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        tensors, metadata = read_safetensors(path, "checkpoint")
+    except WeightFileError as error:
+        raise CheckpointError(str(error)) from None
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(
             f"{path}: a safetensors file without LetsTalk metadata (format={metadata.get('format')!r}); accepted are "
@@ -198,7 +200,6 @@ def _load_native(path: Path) -> LetsTalkCheckpoint:
     config = _json_metadata(metadata, "transformer_config", path)
     audio_config = _json_metadata(metadata, "audio_proj_config", path)
     training = _json_metadata(metadata, "training", path) if "training" in metadata else dict(_UNRECORDED_TRAINING)
-    tensors = load_file(str(path), device="cpu")
     parts: dict[str, dict[str, torch.Tensor]] = {TRANSFORMER_PREFIX: {}, AUDIO_PROJ_PREFIX: {}}
     extra: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():

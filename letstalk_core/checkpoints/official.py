@@ -8,7 +8,6 @@ so a pickle that would run code is refused without running it.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from ..model import AudioProjection, LetsTalkTransformer
 from ..model.configs import HEADS_BY_WIDTH, OFFICIAL_VARIANT_NAMES
 from ..model.embeddings import spatial_table, temporal_table
+from ..weights import WeightFileError, read_torch_file
 from .errors import CheckpointError
 
 # the published code never drops the audio or portrait condition
@@ -143,10 +143,6 @@ def audio_state_from_official(state: dict[str, torch.Tensor]) -> dict[str, torch
     return {_AUDIO_MAP.get(key, key): tensor for key, tensor in state.items()}
 
 
-def audio_state_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_AUDIO_MAP_REVERSE[key]: tensor for key, tensor in state.items()}
-
-
 # ---- configuration inferred from the tensors ----------------------------------------------------
 def infer_transformer_config(
     state: dict[str, torch.Tensor],
@@ -258,16 +254,10 @@ def read_official_file(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle references code or objects that are not plain tensors "
-            f"and containers, and loading it could run code ({str(error).splitlines()[0]}). Only weights-only "
-            "checkpoints are accepted") from None
-    except (RuntimeError, EOFError, ValueError) as error:
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({str(error).splitlines()[0]}); accepted are "
-            "torch.save files (.ckpt/.pt/.pth) of the authors' code and .safetensors files of this project") from None
+        payload = read_torch_file(path, "checkpoint")
+    except WeightFileError as error:
+        raise CheckpointError(f"{error}; accepted are torch.save files (.ckpt/.pt/.pth) of the authors' code and "
+                              ".safetensors files of this project") from None
     if not isinstance(payload, dict) or not all(isinstance(key, str) for key in payload):
         raise CheckpointError(f"{path}: the checkpoint holds a {type(payload).__name__}, not a dict of state dicts")
     return payload

@@ -33,7 +33,8 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .codecs import LatentCodec, check_latent_channels, config_downscale_factor
+from ..weights import WEIGHT_SUFFIXES, read_weights
+from .codecs import LatentCodec, check_latent_channels
 from .taef2 import (
     MIDBLOCK_POOL_KEY,
     build_tiny_autoencoder,
@@ -67,7 +68,6 @@ CODEC_KIND_OF_CONFIG = {"demo_vae_f4": "demo_vae"}
 BUNDLE_CONFIG_KEY = "vae_config"
 BUNDLE_PREFIX = "vae."
 _LDM_PREFIXES = ("first_stage_model.", "vae.")
-_TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # Layout names returned by detect_vae_layout.
 LDM_KL = "ldm_kl"
@@ -410,31 +410,10 @@ def _vae_and_config(codec_or_vae):
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _read_weights_file(path: Path) -> tuple[dict, dict]:
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = dict(f.metadata() or {})
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-        return state, meta
-    if suffix in _TORCH_SUFFIXES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path}: could not be read as a torch checkpoint with weights_only=True ({err})") from err
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-            obj = obj["state_dict"]
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"{path}: expected a state dict (or a dict with 'state_dict'), got {type(obj).__name__}")
-        return dict(obj), {}
-    raise ValueError(
-        f"{path}: unsupported VAE file type '{path.suffix}'; expected .safetensors, {', '.join(_TORCH_SUFFIXES)} "
-        f"or a diffusers folder"
-    )
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{path}: unsupported VAE file type '{path.suffix}'; expected {', '.join(WEIGHT_SUFFIXES)} "
+                         "or a diffusers folder")
+    return read_weights(path, "VAE file")
 
 
 def _check_state(state: dict, source: str) -> None:

@@ -26,6 +26,8 @@ import torch
 from diffusers.models.autoencoders.vae import AutoencoderTinyBlock
 from torch import nn
 
+from ..weights import read_torch_file
+
 __all__ = [
     "TAEF2_FILES",
     "PooledTinyBlock",
@@ -119,13 +121,11 @@ def taef2_files_in(path: Union[str, os.PathLike]) -> Optional[tuple[Path, Path]]
 
 def read_taef2_files(encoder_path: Union[str, os.PathLike], decoder_path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     """The two published state dicts as one float32 ``AutoencoderTiny`` state dict (``encoder.layers...``,
-    ``decoder.layers...``); read with ``torch.load(weights_only=True)``, so a file that would run code is refused."""
+    ``decoder.layers...``); read by :func:`letstalk_core.weights.read_torch_file` (``weights_only=True``), so a
+    file that would run code is refused."""
     state: dict[str, torch.Tensor] = {}
     for part, path, offset in (("encoder", encoder_path, 0), ("decoder", decoder_path, -1)):
-        try:
-            tensors = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path}: not readable as a TAEF2 {part} with weights_only=True ({err})") from err
+        tensors = read_torch_file(path, f"TAEF2 {part}")
         if not isinstance(tensors, Mapping) or not tensors:
             raise ValueError(f"{path}: expected the TAEF2 {part}'s state dict, got {type(tensors).__name__}")
         for key, tensor in tensors.items():

@@ -11,7 +11,6 @@ from .long_video import (
     clip_plan,
     draw_base_seed,
     iter_video_clips,
-    sample_video,
 )
 from .options import DEFAULT_STEPS, SamplingOptions, recommended_options
 from .schedules import (
@@ -52,7 +51,6 @@ __all__ = [
     "make_sampler",
     "respaced_betas",
     "respaced_timesteps",
-    "sample_video",
     "stride_timesteps",
     "training_alphas_cumprod",
     "training_betas",

@@ -264,11 +264,6 @@ def _run_clips(model, portrait_latent, audio, audio_projection, null_audio_token
                               latents=latents[:, window.new_start - start:window.new_end - start].clone())
 
 
-def sample_video(model: Callable[..., torch.Tensor], portrait_latent: torch.Tensor, **kwargs) -> torch.Tensor:
-    """All clips of :func:`iter_video_clips` joined: ``[B, num_frames, C, H, W]``."""
-    return torch.cat([clip.latents for clip in iter_video_clips(model, portrait_latent, **kwargs)], dim=1)
-
-
 def _from_model_config(model, name: str, value):
     if value is not None:
         return value

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from ..checkpoints import save_checkpoint
 from ..files import atomic_write
 from ..model import AudioProjection, LetsTalkTransformer
+from ..weights import read_torch_file
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
 from .losses import DiffusionSchedule, diffusion_loss
@@ -75,7 +76,7 @@ def load_training_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training state {str(path)!r} not found; nothing to resume (run without --resume)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, "training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a version-{STATE_FORMAT} LetsTalk training state")
     return state

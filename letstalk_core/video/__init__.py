@@ -2,11 +2,10 @@
 
 from .reader import VideoInfo, decode_audio, iter_video_frames, probe, read_video_frames
 from .timing import as_fps, frame_count
-from .writer import SUPPORTED_EXTENSIONS, Mp4Writer, write_mp4
+from .writer import SUPPORTED_EXTENSIONS, Mp4Writer
 
 __all__ = [
     "Mp4Writer",
-    "write_mp4",
     "SUPPORTED_EXTENSIONS",
     "VideoInfo",
     "probe",

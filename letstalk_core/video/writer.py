@@ -20,7 +20,7 @@ import tempfile
 import uuid
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
@@ -28,9 +28,12 @@ from ..files import ffmpeg_exe
 from ..sound import read_sound
 from .timing import as_fps
 
-AudioLike = Union[np.ndarray, "torch.Tensor", str, os.PathLike, dict]  # noqa: F821 (what read_sound accepts)
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["Mp4Writer", "write_mp4", "SUPPORTED_EXTENSIONS"]
+AudioLike = Union[np.ndarray, "torch.Tensor", str, os.PathLike, dict]  # what read_sound accepts
+
+__all__ = ["Mp4Writer", "SUPPORTED_EXTENSIONS"]
 
 # Containers that hold H.264 + AAC without re-muxing tricks.
 SUPPORTED_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv")
@@ -346,22 +349,3 @@ class Mp4Writer:
                 self.abort()
         except Exception:
             pass
-
-
-def write_mp4(
-    path: Union[str, os.PathLike],
-    frames,
-    fps=25,
-    *,
-    audio: Optional[AudioLike] = None,
-    sample_rate: Optional[int] = None,
-    **writer_options,
-) -> Path:
-    """Write all ``frames`` (``[N, H, W, 3]``, or an iterable of such chunks) in one call."""
-    with Mp4Writer(path, fps, audio=audio, sample_rate=sample_rate, **writer_options) as writer:
-        if isinstance(frames, np.ndarray) or type(frames).__module__.split(".")[0] == "torch":
-            writer.write(frames)
-        else:
-            for chunk in frames:
-                writer.write(chunk)
-    return writer.path

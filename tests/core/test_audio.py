@@ -26,7 +26,6 @@ from letstalk_core.audio import (
     AudioFeatures,
     MelAudioEncoder,
     Wav2Vec2AudioEncoder,
-    check_audio_encoder_compatible,
     encode_audio,
     frame_count,
     frame_windows,
@@ -355,7 +354,7 @@ def test_error_messages_name_the_input(tmp_path, wav2vec2_files):
         load_audio_encoder(tmp_path / "nowhere")
     encoder = load_audio_encoder(wav2vec2_files["base"]["folder"])
     with pytest.raises(ValueError, match=r"3 layers x 64 .* expects 12 layers x 768"):
-        check_audio_encoder_compatible(encoder, num_layers=12, feature_dim=768)
+        encoder.check_compatible(12, 768)
     encoder.check_compatible(3, 64)  # matching widths pass
     broken = tmp_path / "broken.safetensors"
     state = {k: v for k, v in wav2vec2_files["base"]["model"].state_dict().items() if "layers.2." not in k}

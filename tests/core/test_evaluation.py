@@ -307,7 +307,7 @@ def test_sync_correlation_removes_slow_trends_and_finds_a_small_lag():
 
 def _talking_video(path: Path, identity_seed: int, speech: np.ndarray, size: int = 96, fps: int = FPS) -> None:
     """A face animated by the renderer from ``speech`` on a plain canvas, with that speech as its track."""
-    from letstalk_core.video import write_mp4
+    from tests.helpers import write_mp4
 
     num_frames = int(len(speech) / 16_000 * fps)
     motion = animate_face(speech, 16_000, fps, seed=identity_seed, num_frames=num_frames)

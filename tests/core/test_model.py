@@ -19,7 +19,6 @@ from letstalk_core import heap
 from letstalk_core.checkpoints import load_checkpoint, load_official_checkpoint
 from letstalk_core.checkpoints.official import (
     audio_state_from_official,
-    audio_state_to_official,
     transformer_state_from_official,
     transformer_state_to_official,
 )
@@ -359,14 +358,13 @@ def test_official_keys_map_both_ways(name):
     assert sum(t.numel() for t in model.state_dict().values()) + tables == entry["params"]
 
 
-def test_official_audio_projection_keys_map_both_ways():
+def test_official_audio_projection_keys_map_onto_ours():
     entry = json.loads((FIXTURES / "official_state_dict_keys.json").read_text())[
         "AudioProjModel (wav2vec2-base, 12 layers, window 5, 32 tokens)"]
     with torch.device("meta"):
         audio_proj = AudioProjection()  # official defaults: 5 x 12 x 768 -> 32 x 768
     ours = {key: tuple(t.shape) for key, t in audio_proj.state_dict().items()}
     official = {key: tuple(shape) for key, shape in entry["keys"].items()}
-    assert {k: tuple(t.shape) for k, t in audio_state_to_official(audio_proj.state_dict()).items()} == official
     meta = {key: torch.empty(shape, device="meta") for key, shape in official.items()}
     assert {k: tuple(t.shape) for k, t in audio_state_from_official(meta).items()} == ours
     assert sum(t.numel() for t in audio_proj.state_dict().values()) == entry["params"]

@@ -21,7 +21,8 @@ from letstalk_core.training.prepare import picture_area, prepare_dataset, read_m
 from letstalk_core.training.synthetic import mouth_box_fraction, render_face, sample_identity
 from letstalk_core.training.trainer import TransformerTrainer
 from tests.helpers import shared_path
-from letstalk_core.video import iter_video_frames, write_mp4
+from letstalk_core.video import iter_video_frames
+from tests.helpers import write_mp4
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_MTCNN = importlib.util.find_spec("facenet_pytorch") is not None  # MTCNN, the pipeline's face detector

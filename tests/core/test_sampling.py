@@ -3,7 +3,6 @@ every sampler on data whose exact answer is known (i.i.d. Gaussian latents, exac
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -18,11 +18,15 @@ from letstalk_core.sampling import (
     guided_model_output,
     iter_video_clips,
     make_sampler,
-    sample_video,
     training_alphas_cumprod,
 )
 
 BATCH, FRAMES, CHANNELS, SIZE, TOKENS, AUDIO_DIM = 1, 4, 4, 8, 3, 8
+
+
+def _sample_video(model, portrait_latent, **kwargs) -> torch.Tensor:
+    """All clips of ``iter_video_clips`` joined: ``[B, num_frames, C, H, W]``."""
+    return torch.cat([clip.latents for clip in iter_video_clips(model, portrait_latent, **kwargs)], dim=1)
 
 
 @pytest.fixture(autouse=True)
@@ -239,7 +243,7 @@ def test_memory_bank_chains_clips_and_output_is_trimmed(sampler):
     assert not torch.equal(model.calls[steps]["memory"], model.calls[0]["memory"])
 
     model.calls.clear()
-    video = sample_video(model, portrait, audio_tokens=audio, num_frames=10, frames_per_clip=FRAMES,
+    video = _sample_video(model, portrait, audio_tokens=audio, num_frames=10, frames_per_clip=FRAMES,
                          memory_frames=memory_frames, sampler=sampler, steps=steps,
                          generator=torch.Generator().manual_seed(0))
     assert video.shape == (BATCH, 10, CHANNELS, SIZE, SIZE)
@@ -321,7 +325,7 @@ def test_progress_and_cancellation():
 def test_batch_of_two_portraits():
     model = RecordingModel()
     portrait, audio, null_audio = make_inputs(batch=2)
-    video = sample_video(model, portrait, audio_tokens=audio, num_frames=6, frames_per_clip=FRAMES, memory_frames=2,
+    video = _sample_video(model, portrait, audio_tokens=audio, num_frames=6, frames_per_clip=FRAMES, memory_frames=2,
                          sampler="dpmpp_2m", steps=3, audio_scale=1.5, guidance_supported=True,
                          null_audio_tokens=null_audio, generator=torch.Generator().manual_seed(0))
     assert video.shape == (2, 6, CHANNELS, SIZE, SIZE)
@@ -455,7 +459,7 @@ def test_same_seed_gives_the_same_latents_on_cuda_as_on_cpu(sampler):
     videos = []
     for device in ("cpu", "cuda"):
         model = RecordingModel().to(device)
-        videos.append(sample_video(model, portrait.to(device), audio_tokens=audio, num_frames=10, frames_per_clip=FRAMES,
+        videos.append(_sample_video(model, portrait.to(device), audio_tokens=audio, num_frames=10, frames_per_clip=FRAMES,
                                    memory_frames=2, sampler=sampler, steps=4, audio_scale=1.5, guidance_supported=True,
                                    null_audio_tokens=null_audio, generator=torch.Generator().manual_seed(3)))
     assert videos[1].device.type == "cuda"

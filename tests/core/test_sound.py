@@ -12,7 +12,8 @@ import torch
 from letstalk_core.audio import load_audio
 from letstalk_core.sound import mix_and_resample, read_sound
 from letstalk_core.training.synthetic import mouth_opening_from_audio
-from letstalk_core.video import Mp4Writer, decode_audio, write_mp4
+from letstalk_core.video import Mp4Writer, decode_audio
+from tests.helpers import write_mp4
 
 SR = 16000
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from letstalk_core.audio import load_audio
+from tests.helpers import write_mp4
 from letstalk_core.video import (
     Mp4Writer,
     as_fps,
@@ -17,7 +18,6 @@ from letstalk_core.video import (
     iter_video_frames,
     probe,
     read_video_frames,
-    write_mp4,
 )
 
 
