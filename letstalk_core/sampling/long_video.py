@@ -4,7 +4,7 @@ The first clip's memory is the portrait latent repeated ``memory_frames`` (K) ti
 clip's memory is the last K latents the previous clip produced. Audio covers the padded length (a
 multiple of ``frames_per_clip``); the video is trimmed to ``num_frames``. :func:`iter_video_clips`
 yields each clip's latents as soon as they are done, so a decoder can stream clip by clip in constant
-memory; :func:`sample_video` collects them all.
+memory.
 
 Overlap (``overlap_frames`` = V > 0, beyond the authors' loop, which is V = 0): every clip after the
 first covers the last V frames of the clip before it again, and those frames are held to what that clip
