@@ -56,7 +56,7 @@ def main() -> int:
         for i in range(args.repeats):
             start = time.perf_counter()
             write_video(root / f"pipe_{i}.mp4", pipe.iter_frames(conditions, seed=i + 1, **options), conditions.fps,
-                        conditions.speech)
+                        conditions.speech.speech)
             pipe_warm = min(pipe_warm, time.perf_counter() - start)
         frames = probe(root / "pipe_cold.mp4").frame_count
         del pipe

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
-import torch
 
 from comfy_api.latest import io
 from server import PromptServer
 
-from letstalk_core.latents.portrait import PortraitCrop, prepare_portrait
-from letstalk_core.pipeline import check_codec, crop_margin, latent_scaling_factor
+from letstalk_core.pipeline import check_codec, condition_portrait, latent_scaling_factor
 
 from .comfy_vae import ComfyVAECodec
 from .model import LoadedLetsTalk
 from .socket_types import LetsTalkModel, LetsTalkPortrait
 
 log = logging.getLogger("letstalk")
-
-
-@dataclass
-class PortraitConditioning:
-    """What flows along a LETSTALK_PORTRAIT wire."""
-
-    portrait_latent: torch.Tensor  # [1, C, h, w]
-    crop: PortraitCrop
-    original_image: torch.Tensor  # [1, H, W, 3] 0..1, for pasting back
-    codec: object  # the codec that made the latent; decoding uses it unless another VAE is given
 
 
 def codec_for(model: LoadedLetsTalk, vae) -> object:
@@ -80,15 +66,11 @@ class PortraitCondition(io.ComfyNode):
     @classmethod
     def execute(cls, image, letstalk_model, crop_face, margin, if_no_face, vae=None) -> io.NodeOutput:
         codec = codec_for(letstalk_model, vae)
-        resolution = int(letstalk_model.checkpoint.model.config.sample_size) * codec.downscale_factor
-        original = image[:1, :, :, :3].float()  # [1, H, W, 3] 0..1
-        margin = crop_margin(letstalk_model.checkpoint, None if margin < 0 else margin)
-        crop = prepare_portrait(original, resolution, margin=margin,
-                                on_no_face="error" if if_no_face == "error" else "center",
-                                detector="mtcnn" if crop_face else "none", name="image")
-        if crop_face and not crop.face_detected:
+        portrait = condition_portrait(letstalk_model.checkpoint, codec, image[:1, :, :, :3].float(), crop=crop_face,
+                                      margin=None if margin < 0 else margin,
+                                      on_no_face="error" if if_no_face == "error" else "center", name="image")
+        if crop_face and not portrait.crop.face_detected:
             warning = "LetsTalk: no face found in the image, so its centre square is animated (see the crop output)"
             log.warning(warning)
             PromptServer.instance.send_progress_text(warning, cls.hidden.unique_id)
-        portrait_latent = codec.encode(crop.pixels)  # [1, C, h, w]
-        return io.NodeOutput(PortraitConditioning(portrait_latent, crop, original, codec), crop.comfy_image)
+        return io.NodeOutput(portrait, portrait.crop.comfy_image)  # a core PortraitConditioning

@@ -14,7 +14,7 @@ import comfy.utils
 from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
 
-from letstalk_core.pipeline import SampledVideo, check_audio_encoder, sampling_options
+from letstalk_core.pipeline import Conditions, SampledVideo, sampling_options
 from letstalk_core.sampling import SAMPLERS
 from letstalk_core.sampling.options import check_overrides
 
@@ -103,12 +103,10 @@ class LetsTalkSampler(io.ComfyNode):
     def execute(cls, letstalk_model, portrait, letstalk_audio, seed, sampler, steps, audio_cfg,
                 portrait_cfg, overlap_frames=-1) -> io.NodeOutput:
         ckpt = letstalk_model.checkpoint
-        check_audio_encoder(ckpt, letstalk_audio.encoder)  # the speech features are the ones it was trained on
         options = sampling_options(ckpt, seed=seed, fps=letstalk_audio.fps,
                                    **node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
-        log.info("LetsTalk sampling: %s", options.describe())
-        features = letstalk_audio.features(ckpt.frames_per_clip)
-        video = SampledVideo(ckpt, portrait.portrait_latent, features, options, letstalk_audio.speech)
+        video = SampledVideo(ckpt, Conditions(portrait, letstalk_audio), options)  # checks encoder and codec
+        log.info("LetsTalk sampling: %s", video.options.describe())
         if video.lazy:
             log.info("LetsTalk: %d frames, %.0f MiB of latents: too long to keep, so the clips are sampled while the "
                      "video is decoded (the decoder shows the progress; the streaming decoder keeps memory flat)",
@@ -119,16 +117,15 @@ class LetsTalkSampler(io.ComfyNode):
             video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=report.clip_done)
             log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", video.num_frames, video.num_clips,
                      ckpt.frames_per_clip, options.overlap_frames)
-        return io.NodeOutput(NodeVideo(video, portrait, letstalk_model))
+        return io.NodeOutput(NodeVideo(video, letstalk_model))
 
 
 @dataclass
 class NodeVideo:
-    """What flows along a LETSTALK_VIDEO wire: the sampled (or still to be sampled) video, the portrait it
-    animates (its codec decodes it, its picture takes the face back) and the model (for lazy sampling)."""
+    """What flows along a LETSTALK_VIDEO wire: the core's sampled (or still to be sampled) video, with its
+    conditions, and the loaded model, moved to the device by ComfyUI when a lazy video is sampled."""
 
     video: SampledVideo
-    portrait: object
     model: object
 
     def iter_clips(self):
@@ -136,7 +133,7 @@ class NodeVideo:
         if self.video.sampled or not self.video.lazy:
             return self.video.iter_clips()
         self.model.load_to_device()
-        report = ClipReport(self.video.num_clips, self.portrait.codec)
+        report = ClipReport(self.video.num_clips, self.video.conditions.portrait.codec)
 
         def clips():
             for clip in self.video.iter_clips(progress=report.progress, should_stop=stop_if_interrupted):

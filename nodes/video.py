@@ -12,7 +12,7 @@ import torch
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
-from letstalk_core.pipeline import iter_frames, speech_for_frames, write_video
+from letstalk_core.pipeline import speech_for_frames, video_frames, write_video
 
 log = logging.getLogger("letstalk")
 
@@ -26,16 +26,14 @@ def decoded_frames(sampled_video: NodeVideo, paste_back: bool, vae):
     sampled on the way)."""
     if not isinstance(sampled_video, NodeVideo):
         raise ValueError(f"sampled_video: expected LetsTalk Sampler's output, got {type(sampled_video).__name__}")
-    portrait = sampled_video.portrait
-    codec = portrait.codec
+    codec = None
     if vae is not None:
-        codec = ComfyVAECodec(vae, getattr(portrait.codec, "scaling_factor", 1.0),
-                              getattr(portrait.codec, "shift_factor", 0.0))
-    channels = int(sampled_video.video.checkpoint.model.config.in_channels)
-    if channels != codec.latent_channels:
-        raise ValueError(f"vae: it decodes {codec.latent_channels}-channel latents but the video has {channels}")
-    return iter_frames(codec, sampled_video.iter_clips(), paste_into=portrait.original_image if paste_back else None,
-                       crop_box=portrait.crop.crop_box)
+        own = sampled_video.video.conditions.portrait.codec
+        codec = ComfyVAECodec(vae, getattr(own, "scaling_factor", 1.0), getattr(own, "shift_factor", 0.0))
+        channels = int(sampled_video.video.checkpoint.model.config.in_channels)
+        if channels != codec.latent_channels:
+            raise ValueError(f"vae: it decodes {codec.latent_channels}-channel latents but the video has {channels}")
+    return video_frames(sampled_video.video, paste_back=paste_back, codec=codec, clips=sampled_video.iter_clips())
 
 
 class DecodeVideo(io.ComfyNode):

@@ -1,14 +1,15 @@
 """LetsTalkPipeline: portrait + speech -> talking video, the one path the CLI and the nodes share.
 
-    portrait image --prepare_portrait/encode--> portrait_latent   [1, C, h, w]
-    speech         --encode_audio------------> audio features    [F_padded, L, D] (+ true frame count)
-    both           --iter_video_clips--------> clip latents      [1, f, C, h, w], clip by clip
-    clip latents   --codec.iter_decode-------> frames            [f, H, W, 3] 0..1 (optionally pasted back)
-    frames         --Mp4Writer---------------> mp4 with the speech muxed in (AAC)
+    portrait image --condition_portrait------> PortraitConditioning  latent [1, C, h, w], crop, picture, codec
+    speech         --SpeechConditioning------> SpeechConditioning    features [F_padded, L, D] per clip length
+    both           = Conditions (the one container of what a video is made from)
+    Conditions + SamplingOptions --SampledVideo.iter_clips--> clip latents [1, f, C, h, w], clip by clip
+    clip latents   --video_frames------------> frames [f, H, W, 3] 0..1 (pasted back into the picture or not)
+    frames         --write_video-------------> mp4 with the speech muxed in (AAC)
 
-Each stage is a function of its own (``load_parts``, ``prepare_conditions``, ``iter_clip_latents``,
-``iter_frames``, ``write_video``), so the ComfyUI nodes call the same code one stage per node, and the
-video streams: one clip of frames is alive at a time, whatever the length of the speech.
+Each stage is a function or class of its own, and the ComfyUI nodes call the same ones, one stage per
+node (Portrait Condition, Encode Audio, Sampler, the decoders), so a checkpoint gives the same video by
+every route. The video streams: one clip of frames is alive at a time, whatever the length of the speech.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from ..audio import AudioFeatures, audio_encoder_from_state_dict, encode_audio, 
 from ..audio.encoder_base import AudioEncoder
 from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
-from ..latents import LatentCodec, encode_portrait, images_to_comfy, load_vae, paste_back
-from ..latents.portrait import PortraitCrop
+from ..latents import LatentCodec, images_to_comfy, load_vae, paste_back
+from ..latents.portrait import PortraitCrop, prepare_portrait
 from ..sampling import ClipLatents, iter_video_clips
 from ..sampling.options import DEFAULT_STEPS, SamplingOptions, recommended_options  # noqa: F401 (re-exported)
 from ..video import Mp4Writer
@@ -83,28 +84,50 @@ class SpeechConditioning:
         return self._features[frames_per_clip]
 
 
-@dataclass
-class Conditions:
-    """What a clip loop needs besides the model: the portrait latent and the speech features."""
+@dataclass(frozen=True)
+class PortraitConditioning:
+    """The portrait as the model sees it: the latent of the face crop, the crop itself, the picture it was
+    cut from (the face is pasted back into it) and the codec that encoded it (which decodes the video
+    unless another VAE is named)."""
 
-    portrait_latent: torch.Tensor  # [1, C, h, w]
-    portrait: PortraitCrop
-    audio: AudioFeatures  # features [F_padded, L, D], num_frames
-    speech: MonoAudio  # the speech at the encoder's rate, muxed into the video
-    original_image: Any = field(repr=False, default=None)
+    latent: torch.Tensor  # [1, C, h, w]
+    crop: PortraitCrop
+    image: Any = field(repr=False)
+    codec: Any = field(repr=False)
+
+    @property
+    def is_larger(self) -> bool:
+        """The picture is larger than the model's square: by default the face is pasted back into it."""
+        return max(self.crop.image_size) > self.crop.resolution
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The one container of what a video is made from: the portrait and the speech (the two inputs of
+    the sampler node; what :meth:`LetsTalkPipeline.prepare` returns)."""
+
+    portrait: PortraitConditioning
+    speech: SpeechConditioning
+
+    def __post_init__(self):
+        if not isinstance(self.portrait, PortraitConditioning):
+            raise ValueError(f"portrait: expected a PortraitConditioning (condition_portrait, LetsTalk Portrait "
+                             f"Condition), got {type(self.portrait).__name__}")
+        if not isinstance(self.speech, SpeechConditioning):
+            raise ValueError(f"speech: expected a SpeechConditioning (LetsTalk Encode Audio), got "
+                             f"{type(self.speech).__name__}")
 
     @property
     def num_frames(self) -> int:
-        return self.audio.num_frames
+        return self.speech.num_frames
 
     @property
     def fps(self) -> Fraction:
-        return self.audio.fps
+        return self.speech.fps
 
     @property
     def portrait_is_larger(self) -> bool:
-        """The picture is larger than the model's square: by default the face is pasted back into it."""
-        return max(self.portrait.image_size) > self.portrait.resolution
+        return self.portrait.is_larger
 
 
 def sampling_options(ckpt: LetsTalkCheckpoint, options: SamplingOptions | None = None,
@@ -218,31 +241,25 @@ def model_resolution(ckpt: LetsTalkCheckpoint, codec: LatentCodec) -> int:
     return int(ckpt.model.config.sample_size) * int(codec.downscale_factor)
 
 
-def prepare_conditions(
-    ckpt: LetsTalkCheckpoint,
-    codec: LatentCodec,
-    encoder: AudioEncoder,
-    image: Any,
-    audio: Any,
-    *,
-    fps: float | Fraction = 25,
-    crop: bool = True,
-    margin: float = 0.5,
-    on_no_face: str = "center",
-    resolution: int | None = None,
-    sample_rate: int | None = None,
-) -> Conditions:
-    """Portrait latent (face crop unless ``crop`` is False) and audio features padded to whole clips."""
-    resolution = resolution or model_resolution(ckpt, codec)
-    portrait_latent, portrait = encode_portrait(
-        codec, image, resolution, margin=margin, on_no_face=on_no_face,
-        detector="mtcnn" if crop else "none",
-    )  # [1, C, h, w]
-    speech = audio if isinstance(audio, MonoAudio) else load_audio(audio, sample_rate,
-                                                                    target_sample_rate=encoder.sample_rate)
-    features = encode_audio(speech, encoder, fps=fps, frames_per_clip=ckpt.frames_per_clip)
-    return Conditions(portrait_latent=portrait_latent, portrait=portrait, audio=features, speech=speech,
-                      original_image=image)
+def condition_portrait(ckpt: LetsTalkCheckpoint, codec, image: Any, *, crop: bool = True, margin: float | None = None,
+                       on_no_face: str = "center", name: str = "image") -> PortraitConditioning:
+    """Any picture -> the face crop at the model's resolution (MTCNN, or the centre square when ``crop`` is
+    False or no face is found and ``on_no_face`` is "center"), framed with ``margin`` (None: the
+    checkpoint's training margin), and its latent through ``codec`` (checked against the checkpoint)."""
+    check_codec(ckpt, codec)
+    resolution = model_resolution(ckpt, codec)
+    codec.latent_size(resolution, resolution)  # refuses a resolution the VAE cannot take
+    portrait = prepare_portrait(image, resolution, margin=crop_margin(ckpt, margin), on_no_face=on_no_face,
+                                detector="mtcnn" if crop else "none", name=name)
+    return PortraitConditioning(codec.encode(portrait.pixels), portrait, image, codec)  # latent [1, C, h, w]
+
+
+def prepare_conditions(ckpt: LetsTalkCheckpoint, codec, encoder: AudioEncoder, image: Any, audio: Any, *,
+                       fps: float | Fraction = 25, crop: bool = True, margin: float | None = None,
+                       on_no_face: str = "center", sample_rate: int | None = None) -> Conditions:
+    """The portrait (:func:`condition_portrait`) and the speech (:class:`SpeechConditioning`) of a video."""
+    return Conditions(condition_portrait(ckpt, codec, image, crop=crop, margin=margin, on_no_face=on_no_face),
+                      SpeechConditioning(audio, encoder, fps, sample_rate=sample_rate))
 
 
 def iter_clip_latents(
@@ -295,14 +312,19 @@ class SampledVideo:
     streaming decoder then runs in constant memory whatever the length of the speech.
     """
 
-    def __init__(self, ckpt: LetsTalkCheckpoint, portrait_latent: torch.Tensor, audio: AudioFeatures,
-                 options: SamplingOptions, speech: MonoAudio, *, keep_bytes: int | None = None):
-        self.checkpoint, self.portrait_latent, self.audio = ckpt, portrait_latent, audio
-        self.options = options.check_for(ckpt)
-        self.speech = speech
+    def __init__(self, ckpt: LetsTalkCheckpoint, conditions: Conditions, options: SamplingOptions, *,
+                 keep_bytes: int | None = None):
+        if not isinstance(conditions, Conditions):
+            raise ValueError(f"conditions must be Conditions (see prepare_conditions), got {type(conditions).__name__}")
+        check_audio_encoder(ckpt, conditions.speech.encoder)  # the features are the ones it was trained on
+        check_codec(ckpt, conditions.portrait.codec, "the portrait's VAE")
+        self.checkpoint, self.conditions = ckpt, conditions
+        self.options = options.replace(fps=conditions.fps).check_for(ckpt)  # the speech was framed at its fps
+        self.audio = conditions.speech.features(ckpt.frames_per_clip)  # padded to whole clips
+        self.speech = conditions.speech.speech  # MonoAudio: the user's track goes into the video
         config = ckpt.model.config
         side = int(config.sample_size)
-        self.latent_bytes = audio.num_frames * int(config.in_channels) * side * side * 4  # float32 on the CPU
+        self.latent_bytes = self.audio.num_frames * int(config.in_channels) * side * side * 4  # float32 on the CPU
         self.lazy = self.latent_bytes > (keep_latent_bytes() if keep_bytes is None else keep_bytes)
         self._kept: list[ClipLatents] | None = None
 
@@ -325,7 +347,7 @@ class SampledVideo:
         return self._kept is not None
 
     def _sample(self, progress, should_stop) -> Iterator[ClipLatents]:
-        for clip in iter_clip_latents(self.checkpoint, self.portrait_latent, self.audio, self.options,
+        for clip in iter_clip_latents(self.checkpoint, self.conditions.portrait.latent, self.audio, self.options,
                                       progress=progress, should_stop=should_stop):
             yield ClipLatents(clip.index, clip.start_frame, clip.latents.float().cpu())
 
@@ -374,6 +396,22 @@ def iter_frames(
             if paste_into is not None:
                 frames = paste_back(frames, paste_into, crop_box)
             yield frames
+
+
+def video_frames(video: SampledVideo, *, paste_back: bool | None = None, codec=None,
+                 clips: Iterator[ClipLatents] | None = None, progress=None, should_stop=None) -> Iterator[torch.Tensor]:
+    """The frames of a sampled video ``[n, H, W, 3]`` 0..1, clip by clip: decoded with ``codec`` (None: the
+    one that encoded the portrait), pasted back into the portrait's picture when ``paste_back`` (None:
+    when the picture is larger than the model's square). ``clips``: the clips as someone else iterates
+    them (a node reporting progress); None: ``video.iter_clips`` (sampling a lazy video on the way)."""
+    portrait = video.conditions.portrait
+    codec = portrait.codec if codec is None else codec
+    check_codec(video.checkpoint, codec)
+    if paste_back is None:
+        paste_back = portrait.is_larger
+    if clips is None:
+        clips = video.iter_clips(progress=progress, should_stop=should_stop)
+    return iter_frames(codec, clips, paste_into=portrait.image if paste_back else None, crop_box=portrait.crop.crop_box)
 
 
 def speech_for_frames(speech: MonoAudio, num_frames: int, fps) -> tuple[torch.Tensor, int]:
@@ -439,10 +477,15 @@ class LetsTalkPipeline:
                 sample_rate=None) -> Conditions:
         """``fps`` None: the checkpoint's; ``margin`` None: :attr:`crop_margin`, so a portrait is framed
         as the training frames were."""
-        margin = crop_margin(self.checkpoint, margin)
         fps = self.options(fps=fps).fps
         return prepare_conditions(self.checkpoint, self.vae, self.audio_encoder, image, audio, fps=fps, crop=crop,
                                   margin=margin, on_no_face=on_no_face, sample_rate=sample_rate)
+
+    def sampled_video(self, conditions: Conditions, options: SamplingOptions | None = None,
+                      **overrides) -> SampledVideo:
+        """The video of ``conditions``, sampled clip by clip as it is read (nothing kept); options as in
+        :meth:`iter_frames`."""
+        return SampledVideo(self.checkpoint, conditions, self.options(options, **overrides), keep_bytes=0)
 
     def iter_frames(self, conditions: Conditions, options: SamplingOptions | None = None, *,
                     paste_back: bool | None = None, progress=None, should_stop=None,
@@ -452,13 +495,8 @@ class LetsTalkPipeline:
         audio_cfg, portrait_cfg, overlap_frames; None keeps the default). ``paste_back``: the face
         pasted back into the whole picture (frames at its size); None: when the picture is larger than
         the model's square (:attr:`Conditions.portrait_is_larger`); False: the model's square crop."""
-        options = self.options(options, **overrides)
-        clips = iter_clip_latents(self.checkpoint, conditions.portrait_latent, conditions.audio, options,
-                                  progress=progress, should_stop=should_stop)
-        if paste_back is None:
-            paste_back = conditions.portrait_is_larger
-        paste_into = conditions.original_image if paste_back else None
-        return iter_frames(self.vae, clips, paste_into=paste_into, crop_box=conditions.portrait.crop_box)
+        video = self.sampled_video(conditions, options, **overrides)
+        return video_frames(video, paste_back=paste_back, progress=progress, should_stop=should_stop)
 
     def __call__(self, image, audio, *, out: str | Path | None = None, options: SamplingOptions | None = None,
                  crop: bool = True, paste_back: bool | None = None, margin: float | None = None,
@@ -474,4 +512,4 @@ class LetsTalkPipeline:
                                   should_stop=should_stop)
         if out is None:
             return torch.cat(list(frames), dim=0)
-        return write_video(writer, frames, conditions.fps, conditions.speech)
+        return write_video(writer, frames, conditions.fps, conditions.speech.speech)

@@ -46,3 +46,38 @@ def test_shipped_workflow_animates_the_bundled_example(comfy):
     changes = np.abs(frames[1:] - frames[:-1]).mean(axis=(1, 2, 3))
     assert changes.max() > 0.002
     assert frames.std(axis=0).mean() < 0.1
+
+
+def test_generate_defaults_and_the_basic_workflow_at_defaults_make_the_same_frames(comfy, tmp_path):
+    """The same checkpoint gives the same video by every route with default settings: the shipped basic
+    workflow (sampler "auto" / -1, margin -1, paste back) in real ComfyUI against `generate`'s path (the
+    pipeline at its defaults) in this process, same portrait, speech and seed. Frames compared as
+    ComfyUI's Save Image writes them (PNG, 8 bits), so no video codec stands between the two."""
+    import soundfile
+    import torch
+    from PIL import Image
+
+    from letstalk_core.pipeline import LetsTalkPipeline
+
+    speech, rate = soundfile.read(str(EXAMPLES / "speech.wav"), dtype="float32")
+    short = tmp_path / "speech_2s.wav"
+    soundfile.write(str(short), speech[: 2 * rate], rate)  # 2 s: 50 frames, 7 clips with overlap
+    shutil.copyfile(EXAMPLES / "portrait.png", comfy.input_dir / "portrait.png")
+    shutil.copyfile(short, comfy.input_dir / "speech_2s.wav")
+    workflow = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
+    workflow["2"]["inputs"]["audio"] = "speech_2s.wav"
+    seed = workflow["7"]["inputs"]["seed"]
+    del workflow["9"], workflow["10"], workflow["11"]
+    workflow["12"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "routes/f"}}
+    outputs = comfy.client.run(workflow, timeout=900)
+    saved = [item for node in outputs.values() for item in node.get("images", []) if item.get("type") == "output"]
+    comfy_frames = np.stack([np.asarray(Image.open(comfy.default_output_dir / item["subfolder"] / item["filename"]))
+                             for item in sorted(saved, key=lambda item: item["filename"])])  # [F, H, W, 3] uint8
+
+    pipe = LetsTalkPipeline.from_pretrained()  # generate's defaults: the bundled demo model
+    frames = pipe(EXAMPLES / "portrait.png", short, seed=seed)  # [F, H, W, 3] 0..1
+    ours = np.clip(255.0 * frames.numpy(), 0, 255).astype(np.uint8)  # as Save Image turns IMAGE into PNG
+    assert ours.shape == comfy_frames.shape == (50, *ours.shape[1:])
+    difference = np.abs(ours.astype(np.int16) - comfy_frames.astype(np.int16))
+    assert difference.max() <= 1, f"{(difference > 1).mean():.2%} of values differ by more than one level"
+    assert (difference > 0).mean() < 0.01

@@ -92,8 +92,7 @@ def test_a_sampled_video_keeps_short_videos_and_samples_long_ones_while_decoding
     steps = []
 
     def video(**kwargs):
-        return SampledVideo(pipe.checkpoint, conditions.portrait_latent, conditions.audio, options,
-                            conditions.speech, **kwargs)
+        return SampledVideo(pipe.checkpoint, conditions, options, **kwargs)
 
     kept = video().sample(progress=lambda done, total: steps.append(done))
     assert not kept.lazy and kept.sampled and steps
@@ -139,7 +138,7 @@ def test_the_video_sounds_like_the_users_own_track(pipe, assets, tmp_path):
     info = probe(out)
     assert (info.audio_sample_rate, info.audio_channels) == (48000, 2)
     assert abs(info.audio_duration - info.frame_count / info.fps) <= 1 / info.fps
-    speech = pipe.prepare(assets["portrait"], aac).speech
+    speech = pipe.prepare(assets["portrait"], aac).speech.speech
     track, rate = speech.original()
     assert rate == 48000 and track.shape[0] == 2 and speech.sample_rate == 16000
     with pytest.raises(ValueError, match="finite"):
@@ -148,13 +147,13 @@ def test_the_video_sounds_like_the_users_own_track(pipe, assets, tmp_path):
 
 def test_portraits_are_cropped_with_the_margin_the_checkpoint_was_trained_with(pipe, assets):
     assert pipe.checkpoint.crop_margin is None and pipe.crop_margin == 0.5  # not recorded: the default
-    default = pipe.prepare(assets["wide"], assets["speech"]).portrait.crop_box
-    assert pipe.prepare(assets["wide"], assets["speech"], margin=0.5).portrait.crop_box == default
+    default = pipe.prepare(assets["wide"], assets["speech"]).portrait.crop.crop_box
+    assert pipe.prepare(assets["wide"], assets["speech"], margin=0.5).portrait.crop.crop_box == default
     pipe.checkpoint.training["crop_margin"] = 0.2  # as a checkpoint trained on `prepare --margin 0.2` records
     try:
         assert pipe.crop_margin == 0.2
-        tighter = pipe.prepare(assets["wide"], assets["speech"]).portrait.crop_box
-        assert tighter == pipe.prepare(assets["wide"], assets["speech"], margin=0.2).portrait.crop_box != default
+        tighter = pipe.prepare(assets["wide"], assets["speech"]).portrait.crop.crop_box
+        assert tighter == pipe.prepare(assets["wide"], assets["speech"], margin=0.2).portrait.crop.crop_box != default
     finally:
         del pipe.checkpoint.training["crop_margin"]
 
@@ -180,7 +179,8 @@ def test_guidance_needs_a_checkpoint_trained_with_dropout(assets):
     assert torch.isfinite(frames).all()
     conditions = pipe.prepare(assets["portrait"], assets["speech"])
     with pytest.raises(ValueError, match="trained without condition dropout"):
-        iter_clip_latents(plain, conditions.portrait_latent, conditions.audio, SamplingOptions(audio_cfg=2.0))
+        iter_clip_latents(plain, conditions.portrait.latent, conditions.speech.features(plain.frames_per_clip),
+                          SamplingOptions(audio_cfg=2.0))
 
 
 @pytest.mark.parametrize("options,message", [
