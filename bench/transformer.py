@@ -12,7 +12,7 @@ Also checks that the same code still matches the authors' fixture outputs.
 
 The forward runs the model's inference path: chunks of ~2048 tokens (small enough that glibc reuses
 the working buffers instead of mapping fresh pages for each block, once
-``keep_working_buffers_on_heap`` ran at start, as the command line and ComfyUI entry point do) and, for float32 on the CPU,
+``keep_working_buffers_on_heap`` ran first, as the command line and the ComfyUI sampler node do) and, for float32 on the CPU,
 oneDNN linears with the bias fused in. Compare ``--threads 1`` with the default: on a shared machine
 each parallel region can wait for a busy core, so more threads is not always faster.
 """
@@ -167,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_working_buffers_on_heap()  # as the command line and the ComfyUI entry point do at start
+    keep_working_buffers_on_heap()  # as the command line does at start
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
           "(shared machine: timings are noisy)")
     fixture_check()

@@ -1,8 +1,8 @@
 """One process-wide memory setting for CPU inference, made by the process that wants it.
 
-:func:`keep_working_buffers_on_heap` is called once at start-up by the command line
-(``python -m letstalk_core``), by the ComfyUI entry point and by the benchmarks; the model's
-``forward`` never touches the allocator. A library user who runs many CPU forwards in a process of
+:func:`keep_working_buffers_on_heap` is called once by the command line (``python -m letstalk_core``)
+and the benchmarks at start, and by the ComfyUI sampler node before its first CPU sampling; the
+model's ``forward`` never touches the allocator. A library user who runs many CPU forwards in a process of
 their own may call it too.
 """
 

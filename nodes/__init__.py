@@ -38,8 +38,5 @@ class LetsTalkExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> LetsTalkExtension:
-    from letstalk_core.heap import keep_working_buffers_on_heap
-
-    keep_working_buffers_on_heap()  # the ComfyUI process runs the CPU forwards: one allocator adaptation at start
     paths.register_model_folders()
     return LetsTalkExtension()

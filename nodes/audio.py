@@ -10,6 +10,7 @@ from letstalk_core.audio import AudioEncoder, load_audio_encoder, wav2vec2_encod
 from letstalk_core.pipeline import SpeechConditioning
 
 from .paths import audio_encoder_choices, resolve_audio_encoder
+from .managed import load_to_device
 from .model import LoadedLetsTalk
 from .socket_types import LetsTalkAudio, LetsTalkAudioEncoder, LetsTalkModel
 
@@ -103,5 +104,7 @@ class EncodeAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio: dict, audio_encoder, fps: float) -> io.NodeOutput:
-        speech = SpeechConditioning(audio, as_letstalk_encoder(audio_encoder), fps)
+        encoder = as_letstalk_encoder(audio_encoder)
+        load_to_device(encoder)
+        speech = SpeechConditioning(audio, encoder, fps)
         return io.NodeOutput(speech, speech.num_frames)

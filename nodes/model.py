@@ -55,11 +55,6 @@ class LoadedLetsTalk:
             self._audio_encoder = audio_encoder_for(self.checkpoint)
         return self._audio_encoder
 
-    def load_to_device(self) -> torch.device:
-        """Ask ComfyUI's model management to put the model on its device (offloading others if needed)."""
-        mm.load_models_gpu([self.patcher])
-        return self.patcher.load_device
-
 
 class LoadLetsTalkModel(io.ComfyNode):
     @classmethod
@@ -101,7 +96,7 @@ class LoadLetsTalkModel(io.ComfyNode):
         ckpt = load_checkpoint(path, dtype=dtype, device=offload_device)
         parts = PatchableParts(ckpt.model, ckpt.audio_proj, offload_device)
         patcher = comfy.model_patcher.ModelPatcher(parts, load_device=load_device, offload_device=offload_device)
-        own_vae = (load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=offload_device)
+        own_vae = (load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=mm.vae_offload_device())
                    if ckpt.vae_state_dict else None)
         log.info("LetsTalk model %s: %s, %d frames per clip, %d memory frames, %s", checkpoint,
                  ckpt.model.config.variant, ckpt.frames_per_clip, ckpt.memory_frames, dtype)

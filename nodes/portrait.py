@@ -10,6 +10,7 @@ from server import PromptServer
 from letstalk_core.pipeline import check_codec, condition_portrait, latent_scaling_factor
 
 from .comfy_vae import ComfyVAECodec
+from .managed import load_to_device
 from .model import LoadedLetsTalk
 from .socket_types import LetsTalkModel, LetsTalkPortrait
 
@@ -66,6 +67,7 @@ class PortraitCondition(io.ComfyNode):
     @classmethod
     def execute(cls, image, letstalk_model, crop_face, margin, if_no_face, vae=None) -> io.NodeOutput:
         codec = codec_for(letstalk_model, vae)
+        load_to_device(codec)
         portrait = condition_portrait(letstalk_model.checkpoint, codec, image[:1, :, :, :3].float(), crop=crop_face,
                                       margin=None if margin < 0 else margin,
                                       on_no_face="error" if if_no_face == "error" else "center", name="image")

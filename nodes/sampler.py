@@ -18,6 +18,7 @@ from letstalk_core.pipeline import Conditions, SampledVideo, sampling_options
 from letstalk_core.sampling import SAMPLERS
 from letstalk_core.sampling.options import check_overrides
 
+from .managed import ready_to_sample
 from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait, LetsTalkVideo
 
 log = logging.getLogger("letstalk")
@@ -112,7 +113,7 @@ class LetsTalkSampler(io.ComfyNode):
                      "video is decoded (the decoder shows the progress; the streaming decoder keeps memory flat)",
                      video.num_frames, video.latent_bytes / 2**20)
         else:
-            letstalk_model.load_to_device()
+            ready_to_sample(letstalk_model, portrait.codec)
             report = ClipReport(video.num_clips, portrait.codec)
             video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=report.clip_done)
             log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", video.num_frames, video.num_clips,
@@ -132,7 +133,7 @@ class NodeVideo:
         """The clips; a lazy video is sampled here, clip by clip, with progress on the calling node."""
         if self.video.sampled or not self.video.lazy:
             return self.video.iter_clips()
-        self.model.load_to_device()
+        ready_to_sample(self.model, self.video.conditions.portrait.codec)
         report = ClipReport(self.video.num_clips, self.video.conditions.portrait.codec)
 
         def clips():

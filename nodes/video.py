@@ -17,6 +17,7 @@ from letstalk_core.pipeline import speech_for_frames, video_frames, write_video
 log = logging.getLogger("letstalk")
 
 from .comfy_vae import ComfyVAECodec
+from .managed import load_to_device
 from .sampler import NodeVideo
 from .socket_types import LetsTalkVideo
 
@@ -26,13 +27,14 @@ def decoded_frames(sampled_video: NodeVideo, paste_back: bool, vae):
     sampled on the way)."""
     if not isinstance(sampled_video, NodeVideo):
         raise ValueError(f"sampled_video: expected LetsTalk Sampler's output, got {type(sampled_video).__name__}")
+    own = sampled_video.video.conditions.portrait.codec
     codec = None
     if vae is not None:
-        own = sampled_video.video.conditions.portrait.codec
         codec = ComfyVAECodec(vae, getattr(own, "scaling_factor", 1.0), getattr(own, "shift_factor", 0.0))
         channels = int(sampled_video.video.checkpoint.model.config.in_channels)
         if channels != codec.latent_channels:
             raise ValueError(f"vae: it decodes {codec.latent_channels}-channel latents but the video has {channels}")
+    load_to_device(own if codec is None else codec)
     return video_frames(sampled_video.video, paste_back=paste_back, codec=codec, clips=sampled_video.iter_clips())
 
 

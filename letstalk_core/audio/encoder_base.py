@@ -41,6 +41,12 @@ class AudioEncoder(ABC):
                 "12 x 768)."
             )
 
+    @property
+    def weights(self) -> torch.nn.Module | None:
+        """The network whose weights the encoder runs (for whoever moves models between devices, such as
+        ComfyUI's model management); None for a weightless encoder (the log-mel filterbank)."""
+        return None
+
     def encode(self, audio: MonoAudio, fps=25, num_frames: int | None = None) -> torch.Tensor:
         """Features ``[num_frames, L, D]`` (float32, CPU) for ``audio``.
 

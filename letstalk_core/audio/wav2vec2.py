@@ -79,6 +79,10 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         return int(self.model.config.hidden_size)
 
     @property
+    def weights(self) -> torch.nn.Module:
+        return self.model
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

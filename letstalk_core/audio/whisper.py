@@ -48,6 +48,10 @@ class WhisperAudioEncoder(AudioEncoder):
         return int(self.encoder.config.d_model)
 
     @property
+    def weights(self) -> torch.nn.Module:
+        return self.encoder
+
+    @property
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 

@@ -66,11 +66,9 @@ def modulated_linear(x: torch.Tensor, module: nn.Linear, shift: torch.Tensor | N
     return out.view(*x.shape[:-1], -1)
 
 
-class TemporalAttention(nn.Module):
-    """Softmax self-attention along the frame axis, separately for every spatial position.
-
-    Input ``[B, T, N, D]`` (T frames of N tokens), output ``[B, N, T, D]``; one fused qkv projection.
-    """
+class _SoftmaxHeads(nn.Module):
+    """The projections of softmax self-attention with ``num_heads`` heads: one fused ``to_qkv`` and
+    ``to_out`` (the authors' layout, so their state dicts load as they are)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -79,6 +77,13 @@ class TemporalAttention(nn.Module):
         self.num_heads = num_heads
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.to_out = nn.Linear(dim, dim, bias=True)
+
+
+class TemporalAttention(_SoftmaxHeads):
+    """Softmax self-attention along the frame axis, separately for every spatial position.
+
+    Input ``[B, T, N, D]`` (T frames of N tokens), output ``[B, N, T, D]``; one fused qkv projection.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[B, T, N, D]`` -> ``[B, N, T, D]`` (frame axis second-to-last, as computed; the caller
@@ -153,16 +158,8 @@ class _FrameAttention(nn.Module):
         return self.attend_projected(modulated_linear(x, self.to_qkv, shift, scale).view(seqs, length, 3 * dim))
 
 
-class SpatialAttention(_FrameAttention):
+class SpatialAttention(_FrameAttention, _SoftmaxHeads):
     """Softmax self-attention over the tokens of one frame (video and portrait tokens together)."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.to_qkv = nn.Linear(dim, 3 * dim, bias=True)
-        self.to_out = nn.Linear(dim, dim, bias=True)
 
     def attend_projected(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv ``[S, L, 3D]`` (output of ``to_qkv``, possibly with folded modulation) -> ``[S, L, D]``."""

@@ -392,7 +392,7 @@ def iter_frames(
     for clip in latents:
         clip = clip.latents if isinstance(clip, ClipLatents) else clip
         for frames in codec.iter_decode(clip, chunk_size=chunk_size):  # [n, 3, H, W] in -1..1
-            frames = images_to_comfy(frames)  # [n, H, W, 3] 0..1
+            frames = images_to_comfy(frames).cpu()  # [n, H, W, 3] 0..1, on the CPU whatever decoded it
             if paste_into is not None:
                 frames = paste_back(frames, paste_into, crop_box)
             yield frames

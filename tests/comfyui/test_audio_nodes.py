@@ -78,6 +78,7 @@ def test_wav2vec2_from_comfyui_loader_and_from_the_packs_loader(comfy):
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}},
     }
     assert comfy.client.run(workflow, timeout=600)["4"]["text"] == ["15"]
+    assert "Requested to load LetsTalkAudioEncoderWeights" in comfy.log()  # under ComfyUI's model management
 
     # the converted encoder's features drive a model that expects wav2vec2-base features (12 x 768)
     make_tiny_bundle(comfy.models_dir / "letstalk" / "w2v_tiny.safetensors", audio_layers=12, audio_features=768)

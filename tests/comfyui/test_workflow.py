@@ -59,6 +59,9 @@ def test_basic_workflow_saves_a_talking_mp4(tiny):
     assert abs(info.audio_duration - info.frame_count / float(info.fps)) <= 1 / float(info.fps)
     assert (info.width, info.height) == (96, 96)  # the face pasted back into the 96 px portrait
     assert (info.audio_sample_rate, info.audio_channels) == (22050, 2)  # talk.wav as it came in
+    # the transformer and the bundle's VAE went through ComfyUI's model management (its own log line)
+    log = tiny.log()
+    assert "Requested to load PatchableParts" in log and "Requested to load LetsTalkVAE" in log
 
 
 def run_noting_cached(comfy, workflow) -> tuple[dict, list]:

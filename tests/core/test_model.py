@@ -563,7 +563,7 @@ model = LetsTalkTransformer(variant="lite", in_channels=32, patch_size=1, hidden
                             audio_dim=64, sample_size=16, frames_per_clip=16, memory_frames=2).eval()
 args = (torch.randn(1, 16, 32, 16, 16), torch.tensor([500]), torch.randn(1, 32, 16, 16),
         torch.randn(1, 16, 4, 64), torch.randn(1, 2, 32, 16, 16))
-keep_working_buffers_on_heap()  # what the command line and the ComfyUI entry point do at start
+keep_working_buffers_on_heap()  # what the command line does at start
 with torch.no_grad():
     model(*args)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

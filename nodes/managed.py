@@ -1,0 +1,81 @@
+"""The pack's weights under ComfyUI's model management: the transformer (see model.py), the VAE a bundle
+carries and the audio encoder (wav2vec2 / whisper) are each wrapped in a ModelPatcher once, and loaded
+onto ComfyUI's device (offloading other models when memory is short) right before a node uses them, so
+ComfyUI can offload them again and ``/free`` unloads them like its own models. A native VAE from Load
+VAE and ComfyUI's own audio encoder are managed by ComfyUI already; the log-mel encoder has no weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from letstalk_core.audio import AudioEncoder
+from letstalk_core.latents import LatentCodec
+
+
+class LetsTalkVAE(torch.nn.Module):
+    """A bundle's VAE as ComfyUI's ModelPatcher moves it (the patcher records ``device`` on the module it
+    manages, which a diffusers model exposes read-only, so the codec is kept one level down)."""
+
+    def __init__(self, codec: LatentCodec, device: torch.device):
+        super().__init__()
+        self.codec = codec
+        self.device = device
+
+
+class LetsTalkAudioEncoderWeights(torch.nn.Module):
+    """The network of a wav2vec2 or whisper encoder, for ComfyUI's ModelPatcher."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.network = network
+        self.device = device
+
+
+def patcher_for(part) -> comfy.model_patcher.ModelPatcher | None:
+    """The ModelPatcher over ``part``'s weights, made once per object; None for what ComfyUI manages
+    already or what has no weights."""
+    if isinstance(part, LatentCodec):
+        holder, load_device, offload_device = LetsTalkVAE, mm.vae_device(), mm.vae_offload_device()
+        module = part
+    elif isinstance(part, AudioEncoder) and part.weights is not None:
+        holder, load_device = LetsTalkAudioEncoderWeights, mm.text_encoder_device()
+        offload_device, module = mm.text_encoder_offload_device(), part.weights
+    else:
+        return None
+    patcher = getattr(part, "_comfy_patcher", None)
+    if patcher is None:
+        current = next(module.parameters()).device
+        patcher = comfy.model_patcher.ModelPatcher(holder(module, current), load_device=load_device,
+                                                   offload_device=offload_device)
+        part._comfy_patcher = patcher
+    return patcher
+
+
+def load_to_device(*parts) -> None:
+    """Ask ComfyUI to load these parts (a LoadedLetsTalk, a codec, an audio encoder) together, so that
+    loading one does not offload another the same node needs."""
+    patchers = []
+    for part in parts:
+        patcher = getattr(part, "patcher", None) if not isinstance(part, (LatentCodec, AudioEncoder)) else None
+        patcher = patcher or patcher_for(part)
+        if patcher is not None:
+            patchers.append(patcher)
+    if patchers:
+        mm.load_models_gpu(patchers)
+
+
+def ready_to_sample(model, codec) -> None:
+    """Load the transformer with the codec (which decodes one frame per clip for the preview) and, before
+    the first sampling on a CPU, make the process's one heap adaptation for CPU inference
+    (:func:`letstalk_core.heap.keep_working_buffers_on_heap`). It is made here, at the first sampling,
+    not when ComfyUI starts: made at start, POST /free no longer gave back the memory of a model loaded
+    later (tests/comfyui/test_memory.py: 961 MiB before the load, 1690 after /free; made here, it passes)."""
+    load_to_device(model, codec)
+    if model.patcher.load_device.type == "cpu":
+        from letstalk_core.heap import keep_working_buffers_on_heap
+
+        keep_working_buffers_on_heap()
