@@ -12,8 +12,8 @@ import comfy.model_patcher
 from comfy_api.latest import io
 
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
-from letstalk_core.latents import LatentCodec, load_vae
-from letstalk_core.pipeline import DEMO_CHECKPOINT, audio_encoder_for
+from letstalk_core.latents import LatentCodec
+from letstalk_core.pipeline import DEMO_CHECKPOINT, audio_encoder_for, bundled_vae
 
 from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel
@@ -96,8 +96,7 @@ class LoadLetsTalkModel(io.ComfyNode):
         ckpt = load_checkpoint(path, dtype=dtype, device=offload_device)
         parts = PatchableParts(ckpt.model, ckpt.audio_proj, offload_device)
         patcher = comfy.model_patcher.ModelPatcher(parts, load_device=load_device, offload_device=offload_device)
-        own_vae = (load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=mm.vae_offload_device())
-                   if ckpt.vae_state_dict else None)
+        own_vae = bundled_vae(ckpt, device=mm.vae_offload_device())
         log.info("LetsTalk model %s: %s, %d frames per clip, %d memory frames, %s", checkpoint,
                  ckpt.model.config.variant, ckpt.frames_per_clip, ckpt.memory_frames, dtype)
         return io.NodeOutput(LoadedLetsTalk(checkpoint, ckpt, patcher, own_vae))

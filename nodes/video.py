@@ -38,6 +38,18 @@ def decoded_frames(sampled_video: NodeVideo, paste_back: bool, vae):
     return video_frames(sampled_video.video, paste_back=paste_back, codec=codec, clips=sampled_video.iter_clips())
 
 
+def decoder_inputs() -> list:
+    """The inputs both decoders take."""
+    return [
+        LetsTalkVideo.Input("sampled_video", tooltip="From LetsTalk Sampler."),
+        io.Boolean.Input("paste_back", default=True,
+                         tooltip="On: the talking face is blended back into your whole picture (the video has the "
+                                 "picture's size). Off: only the square the model animates."),
+        io.Vae.Input("vae", optional=True,
+                     tooltip="A VAE from Load VAE; leave empty to decode with the VAE the portrait was encoded with."),
+    ]
+
+
 class DecodeVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -47,15 +59,7 @@ class DecodeVideo(io.ComfyNode):
             category="LetsTalk",
             description="Decodes the sampled video to frames, and gives the speech (trimmed to the frames) and "
                         "the frame rate, ready for Create Video -> Save Video.",
-            inputs=[
-                LetsTalkVideo.Input("sampled_video", tooltip="From LetsTalk Sampler."),
-                io.Boolean.Input("paste_back", default=True,
-                                 tooltip="On: the talking face is blended back into your whole picture (the video "
-                                         "has the picture's size). Off: only the square the model animates."),
-                io.Vae.Input("vae", optional=True,
-                             tooltip="A VAE from Load VAE; leave empty to decode with the VAE the portrait was "
-                                     "encoded with."),
-            ],
+            inputs=decoder_inputs(),
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The video's frames, into Create Video."),
                 io.Audio.Output(display_name="audio",
@@ -84,14 +88,7 @@ class DecodeVideoToFile(io.ComfyNode):
             category="LetsTalk",
             description="Decodes the latents a few frames at a time straight into an mp4 with the speech muxed in, "
                         "so even an hour of speech never holds its frames in memory. Gives a VIDEO for Save Video.",
-            inputs=[
-                LetsTalkVideo.Input("sampled_video", tooltip="From LetsTalk Sampler."),
-                io.Boolean.Input("paste_back", default=True,
-                                 tooltip="On: the talking face is blended back into your whole picture (the video "
-                                         "has the picture's size). Off: only the square the model animates."),
-                io.Vae.Input("vae", optional=True,
-                             tooltip="A VAE from Load VAE; leave empty to decode with the portrait's VAE."),
-            ],
+            inputs=decoder_inputs(),
             outputs=[io.Video.Output(display_name="video",
                                      tooltip="The finished mp4 with your speech, into Save Video.")],
         )

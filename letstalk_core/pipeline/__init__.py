@@ -175,7 +175,7 @@ def load_parts(
     elif vae is not None:
         codec = load_vae(vae, device=device, expected_latent_channels=channels)
     elif ckpt.vae_state_dict:
-        codec = load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=device)
+        codec = bundled_vae(ckpt, device=device)
     else:
         raise ValueError(f"checkpoint {name} carries no VAE; name one (e.g. --vae vae-ft-mse-840000-ema-pruned"
                          ".safetensors for the vdt variants, a DC-AE f32c32 for lite)")
@@ -183,6 +183,13 @@ def load_parts(
 
     encoder = audio_encoder_for(ckpt, audio_encoder, device=device)
     return ckpt, codec, encoder
+
+
+def bundled_vae(ckpt: LetsTalkCheckpoint, *, device: str | torch.device = "cpu") -> LatentCodec | None:
+    """The VAE a bundle carries, as a codec on ``device``; None when the checkpoint carries none."""
+    if not ckpt.vae_state_dict:
+        return None
+    return load_vae(ckpt.vae_state_dict, config=ckpt.vae_config, device=device)
 
 
 def audio_encoder_for(ckpt: LetsTalkCheckpoint, audio_encoder: str | Path | AudioEncoder | None = None, *,
