@@ -80,7 +80,7 @@ class EncodeAudio(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LetsTalkEncodeAudio",
-            display_name="LetsTalk Encode Audio",
+            display_name="LetsTalk Encode Audio (lip sync)",
             category="LetsTalk",
             description="Speech -> LetsTalk audio conditioning (encoder features per video frame), and the number "
                         "of video frames the speech spans.",

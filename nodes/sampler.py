@@ -57,7 +57,7 @@ class LetsTalkSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LetsTalkSampler",
-            display_name="LetsTalk Sampler",
+            display_name="LetsTalk Sampler (talking head)",
             category="LetsTalk",
             description="Samples the talking video clip by clip; each clip remembers the last latents of the one "
                         "before (the memory bank), so the video has no length limit.",

@@ -2,7 +2,8 @@
 // ComfyUI-LetsTalk) in headless Chromium at 1600x1000, waits for the example media to load, and prints
 // as JSON: per template, whether its thumbnail loaded, the nodes (type, position, size), node types the
 // front end does not know, and a screenshot path; then the widget values of a LetsTalk Sampler added
-// by hand (LiteGraph.createNode, what the node search adds).
+// by hand (LiteGraph.createNode, what the node search adds), and what the node search box lists for
+// "talking head" and "lip sync".
 // usage: node frontend_templates.js CHROMIUM_PATH COMFYUI_URL SCREENSHOT_DIR TEMPLATE_NAME [...]
 const { chromium } = require('playwright-core');
 
@@ -57,7 +58,20 @@ const { chromium } = require('playwright-core');
       const node = LiteGraph.createNode('LetsTalkSampler');
       return Object.fromEntries(node.widgets.map((w) => [w.name, w.value]));
     });
-    console.log(JSON.stringify({ errors, templates, sampler }));
+    // the node search box, as a user opens it, for words a user might type
+    const search = {};
+    for (const query of ['talking head', 'lip sync']) {
+      await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.SearchBox.Toggle'));
+      const input = page.locator('.comfy-vue-node-search-container input').first();
+      await input.waitFor({ timeout: 15000 });
+      await input.fill(query);
+      await page.waitForTimeout(1500);
+      search[query] = await page.evaluate(() => [...document.querySelectorAll('li[role=option]')]
+        .map((item) => item.textContent.trim()).filter((text) => text));
+      await page.keyboard.press('Escape');
+      await page.waitForTimeout(500);
+    }
+    console.log(JSON.stringify({ errors, templates, sampler, search }));
   } finally {
     await browser.close();
   }
