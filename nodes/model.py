@@ -62,7 +62,7 @@ class LoadLetsTalkModel(io.ComfyNode):
         choices = checkpoint_choices()
         return io.Schema(
             node_id="LoadLetsTalkModel",
-            display_name="Load LetsTalk Model",
+            display_name="Load LetsTalk Model (talking avatar)",
             category="LetsTalk/loaders",
             description="Loads a LetsTalk checkpoint: this pack's .safetensors (possibly a bundle with its VAE "
                         "and audio encoder) or the authors' .ckpt/.pt/.pth (read safely, without running code).",

@@ -3,7 +3,7 @@
 // as JSON: per template, whether its thumbnail loaded, the nodes (type, position, size), node types the
 // front end does not know, and a screenshot path; then the widget values of a LetsTalk Sampler added
 // by hand (LiteGraph.createNode, what the node search adds), and what the node search box lists for
-// "talking head" and "lip sync".
+// "talking head", "lip sync" and "talking avatar".
 // usage: node frontend_templates.js CHROMIUM_PATH COMFYUI_URL SCREENSHOT_DIR TEMPLATE_NAME [...]
 const { chromium } = require('playwright-core');
 
@@ -60,7 +60,7 @@ const { chromium } = require('playwright-core');
     });
     // the node search box, as a user opens it, for words a user might type
     const search = {};
-    for (const query of ['talking head', 'lip sync']) {
+    for (const query of ['talking head', 'lip sync', 'talking avatar']) {
       await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.SearchBox.Toggle'));
       const input = page.locator('.comfy-vue-node-search-container input').first();
       await input.waitFor({ timeout: 15000 });

@@ -64,7 +64,7 @@ def test_templates_open_from_the_browser_whole_with_thumbnails_and_no_overlap(co
     """Templates -> Extensions -> ComfyUI-LetsTalk -> each template, with the example media in input/:
     the thumbnail shows, every node is known, no two nodes overlap once the picture and the audio player
     have loaded, and the graph opens at a readable zoom. A sampler added by hand starts at the basic
-    workflow's sampling settings, and the node search finds the pack for "talking head" and "lip sync".
+    workflow's sampling settings, and the node search finds the pack for "talking head", "lip sync" and "talking avatar".
     The screenshots stay in the test's temporary folder."""
     for name in ("portrait.png", "speech.wav"):
         shutil.copy(REPO / "workflows" / "examples" / name, comfy.input_dir / name)
@@ -92,3 +92,4 @@ def test_templates_open_from_the_browser_whole_with_thumbnails_and_no_overlap(co
     # a user's words find the nodes (front end 1.32.9 searches node names and display names only)
     assert any(item.startswith("LetsTalk Sampler (talking head)") for item in report["search"]["talking head"]), report
     assert any(item.startswith("LetsTalk Encode Audio (lip sync)") for item in report["search"]["lip sync"]), report
+    assert any(item.startswith("Load LetsTalk Model (talking avatar)") for item in report["search"]["talking avatar"])
