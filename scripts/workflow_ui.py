@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UI_ONLY = {"Note", "MarkdownNote"}  # front-end nodes that are not part of the prompt
 
 
 def _input_specs(info: dict) -> list[tuple[str, list, bool]]:
@@ -49,6 +50,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         if node.get("mode", 0) in (2, 4):  # muted or bypassed
             continue
         node_type = node["type"]
+        if node_type in UI_ONLY:  # notes for the reader: the front end's own, never sent to the server
+            continue
         if node_type not in object_info:
             raise ValueError(f"node {node['id']}: type {node_type!r} is not registered in this ComfyUI")
         linked = {}
