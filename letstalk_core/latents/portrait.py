@@ -406,8 +406,10 @@ def prepare_portrait(
 
 
 def encode_portrait(codec: LatentCodec, image: Any, resolution: int, **kwargs: Any) -> tuple[torch.Tensor, PortraitCrop]:
-    """Any picture -> ``(portrait_latent [1, C, R/f, R/f], PortraitCrop)``; kwargs go to :func:`prepare_portrait`."""
-    if not isinstance(codec, LatentCodec):
+    """Any picture -> ``(portrait_latent [1, C, R/f, R/f], PortraitCrop)``; kwargs go to :func:`prepare_portrait`.
+    ``codec``: a :class:`LatentCodec`, or any codec with its ``latent_size`` and ``encode`` (the ComfyUI
+    nodes' adapter of a native VAE)."""
+    if not isinstance(codec, LatentCodec) and not (hasattr(codec, "latent_size") and hasattr(codec, "encode")):
         raise TypeError(f"codec: expected a LatentCodec (see load_vae), got {type(codec).__name__}")
     codec.latent_size(resolution, resolution)  # refuses a resolution the VAE cannot take
     crop = prepare_portrait(image, resolution, **kwargs)

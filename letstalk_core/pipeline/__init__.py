@@ -28,8 +28,8 @@ from ..audio import AudioFeatures, audio_encoder_from_state_dict, encode_audio, 
 from ..audio.encoder_base import AudioEncoder
 from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
-from ..latents import LatentCodec, images_to_comfy, load_vae, paste_back
-from ..latents.portrait import PortraitCrop, prepare_portrait
+from ..latents import LatentCodec, encode_portrait, images_to_comfy, load_vae, paste_back
+from ..latents.portrait import PortraitCrop
 from ..sampling import ClipLatents, iter_video_clips
 from ..sampling.options import DEFAULT_STEPS, SamplingOptions, recommended_options  # noqa: F401 (re-exported)
 from ..video import Mp4Writer
@@ -254,11 +254,9 @@ def condition_portrait(ckpt: LetsTalkCheckpoint, codec, image: Any, *, crop: boo
     False or no face is found and ``on_no_face`` is "center"), framed with ``margin`` (None: the
     checkpoint's training margin), and its latent through ``codec`` (checked against the checkpoint)."""
     check_codec(ckpt, codec)
-    resolution = model_resolution(ckpt, codec)
-    codec.latent_size(resolution, resolution)  # refuses a resolution the VAE cannot take
-    portrait = prepare_portrait(image, resolution, margin=crop_margin(ckpt, margin), on_no_face=on_no_face,
-                                detector="mtcnn" if crop else "none", name=name)
-    return PortraitConditioning(codec.encode(portrait.pixels), portrait, image, codec)  # latent [1, C, h, w]
+    latent, portrait = encode_portrait(codec, image, model_resolution(ckpt, codec), margin=crop_margin(ckpt, margin),
+                                       on_no_face=on_no_face, detector="mtcnn" if crop else "none", name=name)
+    return PortraitConditioning(latent, portrait, image, codec)  # latent [1, C, h, w]
 
 
 def prepare_conditions(ckpt: LetsTalkCheckpoint, codec, encoder: AudioEncoder, image: Any, audio: Any, *,
