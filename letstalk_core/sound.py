@@ -44,10 +44,6 @@ class Sound:
     sample_rate: int
     source: str
 
-    @property
-    def seconds(self) -> float:
-        return self.samples.shape[-1] / self.sample_rate
-
 
 def describe_source(audio, name: str = "audio") -> str:
     """How messages name an input: the file, the ComfyUI input, or ``name`` and the array's type."""
