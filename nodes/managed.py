@@ -36,8 +36,10 @@ class LetsTalkAudioEncoderWeights(torch.nn.Module):
 
 
 def patcher_for(part) -> comfy.model_patcher.ModelPatcher | None:
-    """The ModelPatcher over ``part``'s weights, made once per object; None for what ComfyUI manages
-    already or what has no weights."""
+    """The ModelPatcher over ``part``'s weights (a LoadedLetsTalk's own, made when it loaded; a codec's or
+    an encoder's, made here once per object); None for what ComfyUI manages already or what has no weights."""
+    if not isinstance(part, (LatentCodec, AudioEncoder)):
+        return getattr(part, "patcher", None)  # a LoadedLetsTalk
     if isinstance(part, LatentCodec):
         holder, load_device, offload_device = LetsTalkVAE, mm.vae_device(), mm.vae_offload_device()
         module = part
@@ -58,12 +60,7 @@ def patcher_for(part) -> comfy.model_patcher.ModelPatcher | None:
 def load_to_device(*parts) -> None:
     """Ask ComfyUI to load these parts (a LoadedLetsTalk, a codec, an audio encoder) together, so that
     loading one does not offload another the same node needs."""
-    patchers = []
-    for part in parts:
-        patcher = getattr(part, "patcher", None) if not isinstance(part, (LatentCodec, AudioEncoder)) else None
-        patcher = patcher or patcher_for(part)
-        if patcher is not None:
-            patchers.append(patcher)
+    patchers = [patcher for patcher in map(patcher_for, parts) if patcher is not None]
     if patchers:
         mm.load_models_gpu(patchers)
 
