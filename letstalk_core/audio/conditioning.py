@@ -43,6 +43,18 @@ class AudioFeatures:
         return frame_windows(self.features, radius)
 
 
+def speech_frame_count(speech: MonoAudio, fps) -> int:
+    """The video frames ``speech`` spans at ``fps`` (``ceil(seconds * fps)``); speech shorter than one
+    frame is refused, naming its source."""
+    fps = as_fps(fps)
+    if speech.num_samples * fps < speech.sample_rate:
+        raise ValueError(
+            f"{speech.source} lasts {speech.seconds * 1000:.1f} ms, shorter than one video frame at {float(fps):g} fps "
+            f"({1000 / float(fps):.1f} ms); give at least one frame of speech"
+        )
+    return frame_count(speech.num_samples, speech.sample_rate, fps)
+
+
 def encode_audio(
     audio,
     encoder: AudioEncoder,
@@ -61,11 +73,6 @@ def encode_audio(
         audio, sample_rate, target_sample_rate=encoder.sample_rate, loudness_lufs=loudness_lufs
     )
     fps = as_fps(fps)
-    num_frames = frame_count(speech.num_samples, speech.sample_rate, fps)
-    if speech.num_samples * fps < speech.sample_rate:
-        raise ValueError(
-            f"{speech.source} lasts {speech.seconds * 1000:.1f} ms, shorter than one video frame at {float(fps):g} fps "
-            f"({1000 / float(fps):.1f} ms); give at least one frame of speech"
-        )
+    num_frames = speech_frame_count(speech, fps)
     features = encoder.encode(speech, fps, padded_frame_count(num_frames, frames_per_clip))  # [F_padded, L, D]
     return AudioFeatures(features=features, num_frames=num_frames, fps=fps, source=speech.source)

@@ -63,18 +63,14 @@ class SpeechConditioning:
 
     def __init__(self, audio: Any, encoder: AudioEncoder, fps: float | Fraction = 25, *,
                  sample_rate: int | None = None):
-        from ..audio import as_fps, frame_count
+        from ..audio import as_fps
+        from ..audio.conditioning import speech_frame_count
 
         self.speech = audio if isinstance(audio, MonoAudio) else load_audio(audio, sample_rate,
                                                                              target_sample_rate=encoder.sample_rate)
         self.encoder = encoder
         self.fps = as_fps(fps)
-        if self.speech.num_samples * self.fps < self.speech.sample_rate:
-            raise ValueError(
-                f"{self.speech.source} lasts {self.speech.seconds * 1000:.1f} ms, shorter than one video frame at "
-                f"{float(self.fps):g} fps ({1000 / float(self.fps):.1f} ms); give at least one frame of speech"
-            )
-        self.num_frames = frame_count(self.speech.num_samples, self.speech.sample_rate, self.fps)
+        self.num_frames = speech_frame_count(self.speech, self.fps)
         self._features: dict[int | None, AudioFeatures] = {}
 
     def features(self, frames_per_clip: int | None = None) -> AudioFeatures:
