@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
 from letstalk_core.latents import LatentCodec
-from letstalk_core.pipeline import DEMO_CHECKPOINT, audio_encoder_for, bundled_vae
+from letstalk_core.pipeline import CARTOON_CHECKPOINT, DEMO_CHECKPOINT, audio_encoder_for, bundled_vae
 
 from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel
@@ -69,7 +69,8 @@ class LoadLetsTalkModel(io.ComfyNode):
             inputs=[
                 io.Combo.Input("checkpoint", options=choices, default=default_checkpoint(choices),
                                tooltip="A file in models/letstalk/ (or models/diffusion_models/); "
-                                       f"{DEMO_CHECKPOINT.name} is the pack's bundled demo model."),
+                                       f"{DEMO_CHECKPOINT.name} is the pack's bundled real-face demo "
+                                       f"model (128 px), {CARTOON_CHECKPOINT.name} its cartoon model (64 px)."),
                 io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
                                tooltip="Weights dtype. auto: what ComfyUI picks for the device (fp32 on a CPU)."),
             ],

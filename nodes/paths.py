@@ -49,9 +49,21 @@ def resolve_audio_encoder(name: str) -> str:
     return str(path)
 
 
+def _is_bundled_codec_file(name: str) -> bool:
+    """A file in a subfolder of the pack's own ``models/`` (the TAEF2 weights in ``models/taef2/``):
+    part of a codec the bundles carry, not a checkpoint to load."""
+    path = folder_paths.get_full_path(LETSTALK_FOLDER, name)
+    if path is None:
+        return False
+    pack_models = DEMO_CHECKPOINT.parent.resolve()
+    resolved = Path(path).resolve()
+    return resolved.parent != pack_models and pack_models in resolved.parents
+
+
 def checkpoint_choices() -> list[str]:
-    """LetsTalk checkpoints in ``models/letstalk/``, then those in ``models/diffusion_models/``."""
-    names = list(folder_paths.get_filename_list(LETSTALK_FOLDER))
+    """LetsTalk checkpoints in ``models/letstalk/`` and the pack's ``models/`` (not its codec subfolders),
+    then those in ``models/diffusion_models/``."""
+    names = [name for name in folder_paths.get_filename_list(LETSTALK_FOLDER) if not _is_bundled_codec_file(name)]
     for name in folder_paths.get_filename_list("diffusion_models"):
         if name not in names and Path(name).suffix.lower() in CHECKPOINT_EXTENSIONS:
             names.append(name)

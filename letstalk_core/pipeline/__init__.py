@@ -36,9 +36,11 @@ from ..video import Mp4Writer
 
 log = logging.getLogger("letstalk")
 
-# the checkpoint bundled with the pack, used when no checkpoint is named
 DEFAULT_CROP_MARGIN = 0.5  # for checkpoints that do not record the margin of their training crops
+# the checkpoints bundled with the pack: the real-face demo model (128 px, TAEF2), used when no checkpoint is
+# named, and the older cartoon model (64 px, synthetic faces only), a second choice (models/README.md)
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "letstalk-demo.safetensors"
+CARTOON_CHECKPOINT = DEMO_CHECKPOINT.with_name("letstalk-cartoon64.safetensors")
 
 
 # latent scaling of the VAEs the published variants were trained with, by latent channels

@@ -1,88 +1,114 @@
-"""The bundled demo model: it is there, within its size, loads like any checkpoint, and lip-syncs."""
+"""The bundled demo model, trained on real footage: it is there within its size, it is the default, it
+makes the bundled real portrait talk in a video a user can use, and on held-out real clips it keeps the
+person (models/README.md has the full evaluation)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
+from PIL import Image
 
 from letstalk_core.checkpoints import load_checkpoint
-from letstalk_core.evaluation import evaluate_checkpoint
+from letstalk_core.evaluation.metrics import ssim
 from letstalk_core.pipeline import DEMO_CHECKPOINT, LetsTalkPipeline
 from letstalk_core.sampling.options import recommended_options
-from letstalk_core.video import probe
+from letstalk_core.video import probe, read_video_frames
+from letstalk_core.video.timing import frame_count
 
+from tests.helpers import REPO, shared_path
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
+EXAMPLES = REPO / "workflows" / "examples"
 
-# Until the demo model is trained and bundled (issue 6) these tests are skipped, saying so in the report.
 pytestmark = [pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason=f"the demo model {DEMO_CHECKPOINT.name} is "
-                                 "not bundled yet (issue 6)"),
+                                 "not in models/ (restore it with git)"),
               pytest.mark.slow]  # the bundled model makes real videos: seconds to a minute each
 
 
-def test_demo_bundle_is_shipped_within_50_mb():
-    assert DEMO_CHECKPOINT.is_file(), f"{DEMO_CHECKPOINT} is missing"
+def test_demo_bundle_is_shipped_within_50_mb_with_its_card():
     assert DEMO_CHECKPOINT.stat().st_size <= 50 * 2**20
     assert (DEMO_CHECKPOINT.parent / "README.md").is_file(), "the demo model has no model card"
 
 
-def test_demo_bundle_loads_through_load_checkpoint():
+def test_demo_bundle_is_a_128_px_real_face_model_with_taef2():
     ckpt = load_checkpoint(DEMO_CHECKPOINT)
     assert ckpt.model.config.variant == "vdt_long"
-    assert ckpt.vae_state_dict, "the demo bundle carries its VAE"
+    assert ckpt.model.config.in_channels == 32, "TAEF2's 32 latent channels"
+    assert ckpt.vae_state_dict, "the bundle carries its codec"
     assert ckpt.audio_encoder_config["type"] == "mel"
-    assert ckpt.memory_frames >= 1
+    assert ckpt.crop_margin == pytest.approx(0.3), "framed as `prepare --margin 0.3` framed the training faces"
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
+    assert LetsTalkPipeline.from_pretrained(ckpt).resolution == 128
 
 
-def test_generate_defaults_to_the_demo_model_and_animates_the_bundled_example(tmp_path):
-    pipe = LetsTalkPipeline.from_pretrained()
-    out = pipe(EXAMPLES / "portrait.png", EXAMPLES / "speech.wav", out=tmp_path / "demo.mp4",
-               sampler="ddim", steps=10, seed=0)
-    info = probe(out)
-    assert info.frame_count == math.ceil(6.0 * 25)
-    assert info.has_audio
-
-
-def test_demo_model_lip_syncs_held_out_faces_and_speech():
-    """The trained weights follow the speech: the generated mouth opening correlates with the truth
-    clearly better than a video made for other speech does (the full table is in models/README.md)."""
-    report = evaluate_checkpoint(None, identities=2, seconds=4.0, drift_seconds=0, steps=10, audio_cfg=1.0,
-                                 overlap_frames=0)  # the authors' loop: no guidance, no overlap
-    metrics = report["metrics"]
-    assert metrics["sync"] >= 0.5, metrics
-    assert metrics["sync"] - metrics["sync_floor"] >= 0.3, metrics
-
-
-def test_overlapping_clips_smooth_the_demo_model_seams():
-    """Holding the first frames of each clip to the end of the one before (overlap_frames) takes most of
-    the jump out of the clip boundaries, without costing the lip sync much (models/README.md has the
-    numbers over 8 identities)."""
-    common = dict(identities=2, seconds=4.0, drift_seconds=0, steps=10, audio_cfg=1.0)
-    plain = evaluate_checkpoint(None, overlap_frames=0, **common)["metrics"]
-    overlapped = evaluate_checkpoint(None, overlap_frames=3, **common)["metrics"]
-    assert overlapped["seam_ratio"] < 0.75 * plain["seam_ratio"], (plain, overlapped)
-    assert overlapped["sync"] >= 0.4 and overlapped["sync"] - overlapped["sync_floor"] >= 0.25, overlapped
-
-
-def test_the_demo_models_recommended_settings_meet_the_lip_sync_target_with_smooth_seams():
-    """The demo bundle recommends the sampling where it meets its targets (4 frames of overlap, audio
-    guidance 3; models/README.md: 8 identities at 25 steps), and the shipped basic workflow leaves every
-    sampling option to the checkpoint, so the workflow, `generate` and a sampler node added by hand make
-    the same video. Checked on 2 identities at 10 steps with evaluate's defaults, which are the same
-    recommendation; the authors' loop at the same steps gives lip sync ~0.6 and seams ~3.3x."""
+def test_the_shipped_workflows_leave_the_sampling_to_the_bundle():
+    """The basic workflow's sampler is at auto everywhere, so it samples as the bundle recommends (the
+    setting the model card's evaluation used), the same as `generate` and a sampler node added by hand."""
     recommended = recommended_options(load_checkpoint(DEMO_CHECKPOINT))
-    assert (recommended.sampler, recommended.steps, recommended.audio_cfg, recommended.portrait_cfg,
-            recommended.overlap_frames) == ("dpmpp_2m", 25, 3.0, 1.0, 4)
-    sampler = json.loads((EXAMPLES.parent / "api" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
+    assert recommended.sampler == "dpmpp_2m" and recommended.steps == 25
+    sampler = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())["7"]["inputs"]
     assert (sampler["sampler"], sampler["steps"], sampler["audio_cfg"], sampler["portrait_cfg"],
             sampler["overlap_frames"]) == ("auto", -1, -1, -1, -1)
-    report = evaluate_checkpoint(None, identities=2, seconds=4.0, drift_seconds=0, steps=10)
-    assert (report["settings"]["audio_cfg"], report["settings"]["overlap_frames"]) == (3.0, 4)
-    metrics = report["metrics"]
-    assert metrics["sync"] >= 0.7 and metrics["sync_floor"] <= 0.2, metrics
-    assert metrics["seam_ratio"] <= 2.0, metrics
+
+
+def test_generate_makes_the_bundled_real_portrait_talk_in_its_own_frame_with_its_own_sound(tmp_path):
+    """The default model on the bundled example (a 360x288 frame of a training identity, 6 s of the same
+    speaker's held-out sentences at 44.1 kHz): a 360x288 video, the face pasted back, one frame per 40 ms of
+    speech, the user's own track in the mp4; and the face in it is the portrait's person, not noise."""
+    speech, rate = soundfile.read(str(EXAMPLES / "speech.wav"), dtype="float32")
+    pipe = LetsTalkPipeline.from_pretrained()
+    assert Path(pipe.checkpoint.path).resolve() == DEMO_CHECKPOINT.resolve()
+    conditions = pipe.prepare(EXAMPLES / "portrait.png", EXAMPLES / "speech.wav")
+    assert conditions.portrait.crop.face_detected
+    out = pipe(EXAMPLES / "portrait.png", EXAMPLES / "speech.wav", out=tmp_path / "demo.mp4", steps=10, seed=0)
+    info = probe(out)
+    assert (info.width, info.height) == (360, 288)
+    assert info.frame_count == frame_count(len(speech), rate, 25)
+    assert (info.audio_sample_rate, info.audio_channels) == (rate, 1)
+
+    frames = read_video_frames(out).astype(np.float32) / 255.0  # [F, 288, 360, 3]
+    portrait = np.asarray(Image.open(EXAMPLES / "portrait.png").convert("RGB"), dtype=np.float32) / 255.0
+    x0, y0, x1, y1 = conditions.portrait.crop.crop_box
+    outside = np.ones(portrait.shape[:2], bool)
+    outside[max(y0, 0):y1, max(x0, 0):x1] = False
+    # around the face: the portrait itself (pasted back; only the video codec's loss)
+    assert np.abs(frames[:, outside] - portrait[outside]).mean() < 0.03
+    # the face (the detector's box): the portrait's person in every frame. Structural similarity with the
+    # portrait's face, which a talking mouth and blinks keep below 1: the step-7,000 checkpoint of the
+    # bundled run scored 0.68 at worst, its step-3,000 checkpoint (smeared, ghosted faces) 0.33
+    fx0, fy0, fx1, fy1 = (int(round(v)) for v in conditions.portrait.crop.face_box)
+    similarity = ssim(torch.from_numpy(frames[:, fy0:fy1, fx0:fx1]), torch.from_numpy(portrait[fy0:fy1, fx0:fx1]))
+    assert similarity.min() > MIN_FACE_SSIM, similarity
+    # and it moves: the frames are not a still copy of the portrait
+    assert np.abs(frames[1:] - frames[:-1]).mean(axis=(1, 2, 3)).max() > 0.002
+
+
+MIN_FACE_SSIM = 0.55
+
+
+def test_on_a_held_out_real_clip_the_person_is_kept(tmp_path):
+    """`evaluate --videos` on a held-out GRID s1 sentence (a training identity, a sentence never trained on),
+    at the bundle's recommended sampling with fewer steps: the made video keeps the real one's structure
+    (structure error 0.16-0.22 on these clips at 25 steps, TAEF2's own ~0.06; a model making noise: ~0.92),
+    and the lip-sync measure's ceiling (the real video through the codec) is where it should be."""
+    from letstalk_core.evaluation.real import evaluate_videos
+
+    clip = shared_path("footage", "grid", "s1", "bbbs7a.mpg")
+    partner = shared_path("footage", "grid", "s1", "bbifzp.mpg")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for source in (clip, partner):
+        (videos / source.name).symlink_to(source)
+    result = evaluate_videos(videos, None, steps=10, max_clips=2)
+    metrics = result["metrics"]
+    assert result["settings"]["clips"] == ["bbbs7a.mpg", "bbifzp.mpg"]
+    assert metrics["sync_ceiling"] > 0.8, metrics
+    assert metrics["structure_error"] < MAX_HELD_OUT_STRUCTURE_ERROR, metrics
+    assert sorted(p.name for p in videos.iterdir()) == ["bbbs7a.mpg", "bbifzp.mpg"]
+
+
+MAX_HELD_OUT_STRUCTURE_ERROR = 0.35
