@@ -4,7 +4,6 @@ loads like any checkpoint, and lip-syncs the synthetic faces it was trained on."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,9 @@ from letstalk_core.pipeline import CARTOON_CHECKPOINT, LetsTalkPipeline
 from letstalk_core.sampling.options import recommended_options
 from letstalk_core.video import probe
 
+from tests.helpers import REPO
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
+EXAMPLES = REPO / "workflows" / "examples"
 
 pytestmark = [pytest.mark.skipif(not CARTOON_CHECKPOINT.is_file(), reason=f"the cartoon model {CARTOON_CHECKPOINT.name} "
                                  "is not in models/ (restore it with git)"),
