@@ -580,10 +580,12 @@ def test_cpu_inference_reuses_its_buffers_instead_of_faulting_in_fresh_pages():
     512 px size: when the process called ``keep_working_buffers_on_heap`` at start, forwards after
     the first find their ~13 MiB buffers on the heap.
     Without it the heap is trimmed and regrown inside every forward: ~37k minor page faults for
-    these two forwards on the test machine; with it, ~0."""
+    these two forwards on the test machine (28-30k in December 2026); with it, 0 to a few thousand."""
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=300,
                             cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     assert result.returncode == 0, result.stderr[-2000:]
     faults = int(result.stdout.strip().splitlines()[-1])
-    assert faults < 5000, f"{faults} minor page faults in two forwards"
+    # measured on the 2-core CPU (December 2026): with it 0 in most runs, 2,304 now and then, 5,376 once in
+    # CI; without it 28-30k. The bound sits between the two, clear of both.
+    assert faults < 12000, f"{faults} minor page faults in two forwards"
