@@ -4,7 +4,9 @@ Each run trains the same small model on the synthetic world for a few steps; the
 two are timed. Printed: steps and clips per second for each process count, the ratio 2 / 1 (ideal 2.0
 with twice the hardware; on one 2-core CPU the two processes share the same cores, so about 1.0 is the
 honest expectation), the gradient size every step all-reduces, and how long gloo took to all-reduce it
-between the two processes.
+between the two processes. A third run trains on 2 processes with ``training.fsdp`` (weights, gradients
+and AdamW state sharded: each block's weights all-gathered for its forward and backward, its gradient
+reduce-scattered) and prints its speed against the 2-process DDP run.
 
     .venv/bin/python bench/training_scale.py [--steps 12] [--batch 8] [--hidden 128] [--depth 4]
 """
@@ -25,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 DRIVER = """
-import json, sys, time
+import json, resource, sys, time
 import torch
 import torch.distributed as dist
 from letstalk_core.training.config import load_config
@@ -33,9 +35,11 @@ from letstalk_core.training.trainer import TransformerTrainer
 
 trainer = TransformerTrainer(load_config(sys.argv[1]), show_progress=False)
 acc = trainer.accelerator
-times = []
-trainer.train(on_step=lambda step, loss: times.append(time.perf_counter()))
+times, peaks = [], []  # peak RSS up to each step: the steps, not the final save's gathering of whole copies
+trainer.train(on_step=lambda step, loss: (times.append(time.perf_counter()),
+                                          peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
 parameters = sum(p.numel() for p in trainer._parameters())
+held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in trainer._parameters())
 allreduce = None
 if acc.num_processes > 1:
     gradient = torch.ones(parameters)
@@ -47,7 +51,8 @@ if acc.num_processes > 1:
 if acc.is_main_process:
     timed = times[2:]
     print("RESULT " + json.dumps({"steps_per_second": (len(timed) - 1) / (timed[-1] - timed[0]),
-                                  "parameters": parameters, "allreduce_seconds": allreduce,
+                                  "parameters": parameters, "allreduce_seconds": allreduce, "held": held,
+                                  "peak_rss_mb": peaks[-1] / 1024,
                                   "processes": acc.num_processes}), flush=True)
 """
 
@@ -89,28 +94,33 @@ def main() -> int:
         vae = save_vae(build_vae(load_shipped_config("demo_vae_f4"), kind="demo_vae", seed=0),
                        work / "vae.safetensors")  # random weights: the timing is what counts
         results = {}
-        for processes in (1, 2):
+        for processes, fsdp in ((1, False), (2, False), (2, True)):
             config = {
-                "name": "scale", "seed": 0, "output_dir": str(work / f"out{processes}"), "stages": ["transformer"],
+                "name": "scale", "seed": 0, "output_dir": str(work / f"out{processes}{fsdp}"), "stages": ["transformer"],
                 "data": {"source": "synthetic", "resolution": 64, "synthetic": {"num_videos": 4, "seconds": 2.0}},
                 "model": {"hidden_size": args.hidden, "depth": args.depth, "num_heads": 2, "patch_size": 2,
                           "frames_per_clip": 8, "memory_frames": 2},
                 "vae": {"path": str(vae)},
-                "training": {"max_steps": args.steps, "batch_size": args.batch, "save_every": 10**6},
+                "training": {"max_steps": args.steps, "batch_size": args.batch, "save_every": 10**6, "fsdp": fsdp},
             }
-            path = work / f"scale{processes}.yaml"
+            path = work / f"scale{processes}{fsdp}.yaml"
             path.write_text(yaml.safe_dump(config))
-            results[processes] = run(processes, path, driver)
-    one, two = results[1], results[2]
-    for processes, r in results.items():
-        print(f"{processes} process(es) x {r['threads']} threads: {r['steps_per_second']:.2f} steps/s, "
-              f"{r['steps_per_second'] * args.batch:.1f} clips/s (global batch {args.batch})")
+            results[processes, fsdp] = run(processes, path, driver)
+    one, two, sharded = results[1, False], results[2, False], results[2, True]
+    for (processes, fsdp), r in results.items():
+        print(f"{processes} process(es){' sharded (fsdp)' if fsdp else ''} x {r['threads']} threads: "
+              f"{r['steps_per_second']:.2f} steps/s, {r['steps_per_second'] * args.batch:.1f} clips/s "
+              f"(global batch {args.batch}); the main process holds {r['held']:,} parameters, its peak RSS over "
+              f"the steps {r['peak_rss_mb']:.0f} MB")
     print(f"ratio 2 / 1 processes: {two['steps_per_second'] / one['steps_per_second']:.2f}x "
           f"(ideal 2.0 with twice the hardware; these processes share {os.cpu_count()} cores)")
     megabytes = one["parameters"] * 4 / 2**20
     print(f"gradient all-reduced every step: {one['parameters']:,} parameters = {megabytes:.1f} MB fp32; gloo "
           f"between the 2 processes: {two['allreduce_seconds'] * 1000:.1f} ms per all-reduce "
           f"({two['allreduce_seconds'] * two['steps_per_second'] * 100:.0f}% of a 2-process step)")
+    print(f"ratio 2 sharded (fsdp) / 2 DDP processes: {sharded['steps_per_second'] / two['steps_per_second']:.2f}x "
+          f"(each sharded process holds half the weights and AdamW state and gathers each block's weights "
+          f"twice a step)")
     return 0
 
 

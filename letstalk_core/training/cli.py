@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
     train.add_argument("--init-from", help="override training.init_from: start from this checkpoint's weights "
                                            "(fine-tuning; the model section must match it)")
     train.add_argument("--stages", help="override stages, comma-separated (vae,transformer)")
+    train.add_argument("--fsdp", action="store_true",
+                       help="set training.fsdp: shard the transformer's weights, gradients and optimiser state over "
+                            "the processes (FSDP2) instead of a whole copy on each")
     train.set_defaults(func=run_train)
 
 
@@ -95,6 +98,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides.setdefault("training", {})["batch_size"] = args.batch_size
     if args.init_from:
         overrides.setdefault("training", {})["init_from"] = args.init_from
+    if args.fsdp:
+        overrides.setdefault("training", {})["fsdp"] = True
     if args.stages:
         overrides["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
     return overrides

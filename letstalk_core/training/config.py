@@ -10,7 +10,7 @@ Sections (all optional except where a preset leaves a value to fill in)::
     model:   {variant, size | hidden_size/depth/num_heads, patch_size, in_channels, frames_per_clip, memory_frames}
     audio:   {encoder, n_mels, window_radius, intermediate_dim, num_tokens, output_dim}
     vae:     {path, config, steps, batch_size, learning_rate, kl_weight, save_every}
-    training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing,
+    training: {max_steps, batch_size, gradient_accumulation_steps, mixed_precision, gradient_checkpointing, fsdp,
                learning_rate, lr_decay_steps, audio_projection_learning_rate, zero_init_audio_attention, weight_decay,
                adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every, init_from}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
@@ -97,10 +97,13 @@ class VaeConfig:
 @dataclass
 class TrainingConfig:
     max_steps: int = 300_000
-    batch_size: int = 1  # per process
+    batch_size: int = 1  # the global batch: clips per step over all processes
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    # Shard the transformer's weights, gradients and AdamW state over the processes (torch's FSDP2
+    # fully_shard, one unit per block) instead of a whole copy on each (DDP). No effect on one process.
+    fsdp: bool = False
     learning_rate: float = 1e-4
     # Beyond the authors' constant rate: every rate falls linearly to 0 over the last this-many optimiser
     # steps before max_steps (a warmup-free "warmup-stable-decay" schedule). 0: constant, as the authors.
@@ -303,6 +306,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0):
         raise ValueError(f"training.audio_projection_learning_rate must be a number >= 0 or null (the same as "
                          f"training.learning_rate), got {rate!r}")
+    if not isinstance(t.fsdp, bool):
+        raise ValueError(f"training.fsdp must be true or false, got {t.fsdp!r}")
+    if t.fsdp and t.mixed_precision == "fp16":
+        raise ValueError("training.fsdp does not work with mixed_precision fp16 (its loss scaler does not unscale "
+                         "sharded gradients); use bf16 or no")
     if not isinstance(t.zero_init_audio_attention, bool):
         raise ValueError(f"training.zero_init_audio_attention must be true or false, got {t.zero_init_audio_attention!r}")
     if not (isinstance(t.weight_decay, (int, float)) and t.weight_decay >= 0):

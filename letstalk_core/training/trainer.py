@@ -25,13 +25,16 @@ Many processes (``torchrun --nproc_per_node N -m letstalk_core train ...`` or ``
 batch, gradients are averaged, and because a sample's draws depend on its position only, N processes
 train the same clips the same way as one (within float rounding): a run may be resumed with another
 number of processes. The main process alone writes checkpoints, the state, logs and probes, and holds
-the output folder's lock.
+the output folder's lock. Each process holds a whole copy of the model (DDP), or with ``training.fsdp``
+1/N of it (:mod:`.sharding`); the files written are the same either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import shutil
 from contextlib import contextmanager
 import os
 from pathlib import Path
@@ -43,11 +46,13 @@ import torch.nn.functional as F
 from ..checkpoints import save_checkpoint
 from ..files import atomic_write
 from ..model import AudioProjection, LetsTalkTransformer
+from ..model.transformer import LetsTalkBlock
 from ..weights import read_torch_file
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
 from .losses import DiffusionSchedule, diffusion_loss
 from .probe import PROBE_CLIPS, PROBE_TIMESTEP, PROBE_TIMESTEPS, conditioning_probe, describe_probe
+from .sharding import shard_like, shard_modules, shard_optimizer_state, whole_state
 from .recipe import (
     add_pixel_noise,
     apply_condition_dropout,
@@ -91,6 +96,16 @@ def _make_accelerator(config: TrainConfig, accumulation: int):
                        cpu=not torch.cuda.is_available())
 
 
+def _refuse_accelerate_sharding(accelerator) -> None:
+    """accelerate's own FSDP and DeepSpeed wrap the model in ways this trainer does not save or probe:
+    refused before any step, pointing at ``training.fsdp``."""
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if kind.endswith(("FSDP", "DEEPSPEED")):
+        raise ValueError(f"the run was launched with accelerate's {kind.rsplit('.', 1)[-1]} config, which this trainer "
+                         "does not support; launch with plain multi-GPU (`accelerate launch --multi_gpu` or torchrun) "
+                         "and add --fsdp (training.fsdp: true) to shard the model over the processes")
+
+
 def local_batch_size(global_batch: int, num_processes: int) -> int:
     """Clips per process per step: ``training.batch_size`` is the global batch, shared out evenly."""
     if global_batch % num_processes:
@@ -128,6 +143,7 @@ class TransformerTrainer:
         self.output_dir = Path(config.output_dir)
         t = config.training
         self.accelerator = accelerator or _make_accelerator(config, t.gradient_accumulation_steps)
+        _refuse_accelerate_sharding(self.accelerator)
         self.local_batch = local_batch_size(t.batch_size, self.accelerator.num_processes)
         self.show_progress = show_progress
         self.encoder = encoder or load_audio_encoder(config.audio.encoder, n_mels=config.audio.n_mels)
@@ -151,14 +167,24 @@ class TransformerTrainer:
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
         factor = self.codec.downscale_factor if self.codec is not None else None
-        self.model = LetsTalkTransformer(**config.transformer_kwargs(downscale_factor=factor)).initialize_weights(
+        self.model_kwargs = config.transformer_kwargs(downscale_factor=factor)
+        self.audio_proj_kwargs = config.audio_projection_kwargs(self.encoder.num_layers, self.encoder.feature_dim)
+        self.model = LetsTalkTransformer(**self.model_kwargs).initialize_weights(
             zero_audio_attention=t.zero_init_audio_attention)
-        self.audio_proj = AudioProjection(**config.audio_projection_kwargs(self.encoder.num_layers,
-                                                                            self.encoder.feature_dim))
+        self.audio_proj = AudioProjection(**self.audio_proj_kwargs)
         if t.init_from is not None and not resume:
             self._init_from(t.init_from)
+        state = load_training_state(self.output_dir / TRANSFORMER_STATE) if resume else None
+        if state is not None:  # whole weights into the whole modules, before any sharding
+            self.model.load_state_dict(state["model"])
+            self.audio_proj.load_state_dict(state["audio_proj"])
         if t.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
+        self.sharded = t.fsdp and self.accelerator.num_processes > 1
+        if t.fsdp and not self.sharded:
+            logger.info("training.fsdp: one process, nothing to shard; training unsharded")
+        if self.sharded:
+            shard_modules(self.model, [self.audio_proj], self.accelerator.device, LetsTalkBlock)
         audio_rate = t.learning_rate if t.audio_projection_learning_rate is None else t.audio_projection_learning_rate
         self.base_rates = (t.learning_rate, audio_rate)  # before the decay (lr_decay_steps)
         groups = [{"params": list(module.parameters()), "lr": rate}
@@ -170,9 +196,13 @@ class TransformerTrainer:
         self.micro_step = 0  # batches seen by this process (steps x accumulation)
         self.last_losses: list[float] = []
         self._latent_cache = _Cache(config.data.cache_videos)  # video index -> clean latents [N, C, h, w]
-        if resume:
-            self._load_state(load_training_state(self.output_dir / TRANSFORMER_STATE))
-        self.model, self.audio_proj, self.optimizer = self.accelerator.prepare(self.model, self.audio_proj, self.optimizer)
+        if state is not None:
+            self._load_state(state)
+        if self.sharded:  # the modules are FSDP's already: accelerate only wraps the optimiser
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            self.model, self.audio_proj, self.optimizer = self.accelerator.prepare(self.model, self.audio_proj,
+                                                                                   self.optimizer)
         self.ema.to(self.accelerator.device)
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -215,10 +245,14 @@ class TransformerTrainer:
         return list(self.model.parameters()) + list(self.audio_proj.parameters())
 
     def _load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.audio_proj.load_state_dict(state["audio_proj"])
-        self.optimizer.load_state_dict(self._split_optimizer_groups(state["optimizer"]))
+        """The optimiser, EMA and counters of a saved state (the weights are loaded before sharding)."""
+        optimizer_state = self._split_optimizer_groups(state["optimizer"])
+        self.optimizer.load_state_dict(shard_optimizer_state(optimizer_state, self.optimizer) if self.sharded
+                                       else optimizer_state)
         self.ema.load_state_dict(state["ema"])
+        if self.sharded:
+            self.ema.shadow_params = [shard_like(shadow, parameter)
+                                      for shadow, parameter in zip(self.ema.shadow_params, self._parameters())]
         self.step, self.micro_step = int(state["step"]), int(state["micro_step"])
         order = state.get("data_order", {})
         if order.get("num_items") not in (None, self.order.num_items):
@@ -245,18 +279,29 @@ class TransformerTrainer:
             audio_group["initial_lr"] = rate
         return {**optimizer_state, "param_groups": [model_group, audio_group]}
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> Optional[dict]:
+        """Everything to resume from, whole tensors on the CPU. Sharded, every process must call it (the
+        shards are gathered) and only the main process gets the state (None elsewhere)."""
         unwrap = self.accelerator.unwrap_model
         ema = self.ema.state_dict()
-        ema = {**ema, "shadow_params": [p.detach().to("cpu").clone() for p in ema["shadow_params"]]}
+        if self.sharded:
+            keep = self.accelerator.is_main_process
+            model, audio_proj = whole_state(self.model.state_dict(), keep), whole_state(self.audio_proj.state_dict(), keep)
+            optimizer, ema = whole_state(self.optimizer.state_dict(), keep), whole_state(ema, keep)
+            if not keep:
+                return None
+        else:
+            model, audio_proj, optimizer = _cpu_state(unwrap(self.model)), _cpu_state(unwrap(self.audio_proj)), \
+                self.optimizer.state_dict()
+            ema = {**ema, "shadow_params": [p.detach().to("cpu").clone() for p in ema["shadow_params"]]}
         state = {
             "format": STATE_FORMAT,
             "step": self.step,
             "micro_step": self.micro_step,
             "seed": self.config.seed,
-            "model": _cpu_state(unwrap(self.model)),
-            "audio_proj": _cpu_state(unwrap(self.audio_proj)),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "audio_proj": audio_proj,
+            "optimizer": optimizer,
             "ema": ema,
             "data_order": {"seed": self.order.seed, "num_items": self.order.num_items, "position": self.micro_step},
         }
@@ -334,8 +379,11 @@ class TransformerTrainer:
         noise = each(lambda i, g: torch.randn((1, *latents.shape[1:]), generator=g)).to(latents)  # [B, F, C, h, w]
         timesteps = timesteps.to(device)
         noisy = self.schedule.q_sample(latents, timesteps, noise)
-        audio_tokens = self.audio_proj(audio_windows)  # [B, F, M, D]
-        output = self.model(noisy, timesteps, portrait_latents, audio_tokens, memory_latents)  # [B, F, 2C, h, w]
+        # accelerate's prepare puts an unsharded model's forward under autocast; a sharded one is not prepared
+        with self.accelerator.autocast() if self.sharded else contextlib.nullcontext():
+            audio_tokens = self.audio_proj(audio_windows)  # [B, F, M, D]
+            output = self.model(noisy, timesteps, portrait_latents, audio_tokens, memory_latents)  # [B, F, 2C, h, w]
+        output = output.float()
         weights = None
         if r.mouth_loss_weight and "mouth_box" in batch:
             weights = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1],
@@ -409,13 +457,18 @@ class TransformerTrainer:
             encoder["source"] = a.encoder
         return encoder
 
-    def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """The project-format checkpoint with the EMA weights (VAE bundled when known)."""
+    def save_checkpoint(self, path: str | Path | None = None, modules=None) -> Path:
+        """The project-format checkpoint with the EMA weights (VAE bundled when known). ``modules``:
+        whole (model, audio projection) holding the EMA weights already (see :meth:`ema_copies`);
+        None: the trained modules with the EMA weights swapped in (unsharded runs only)."""
         from ..latents import load_vae, vae_bundle_entries
         from ..sampling.options import PROJECT_DEFAULT
 
         path = Path(path) if path is not None else self.output_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
-        model, audio_proj = self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.audio_proj)
+        if modules is None and self.sharded:
+            raise RuntimeError("a sharded run saves whole copies of its modules (ema_copies), not its shards")
+        model, audio_proj = modules or (self.accelerator.unwrap_model(self.model),
+                                        self.accelerator.unwrap_model(self.audio_proj))
         extra_tensors, extra_metadata = {}, {"training": self.training_metadata(),
                                              "audio_encoder_config": self.audio_encoder_config(),
                                              # what sampling to start from; `convert --sampler ...` stores
@@ -425,38 +478,62 @@ class TransformerTrainer:
         if codec is not None:
             extra_tensors, vae_metadata = vae_bundle_entries(codec)
             extra_metadata.update(vae_metadata)
-        with self._ema_weights():
+        with self._ema_weights() if modules is None else contextlib.nullcontext():
             save_checkpoint(path, model, audio_proj, extra_tensors=extra_tensors, extra_metadata=extra_metadata)
         return path
+
+    def ema_copies(self):
+        """Whole, unsharded copies of the model and audio projection holding the EMA weights, on the main
+        process's device (None elsewhere): what a sharded run saves and probes. Every process must call
+        it (the shards are gathered, one tensor at a time)."""
+        keep = self.accelerator.is_main_process
+        with self._ema_weights():
+            states = [whole_state(module.state_dict(), keep) for module in (self.model, self.audio_proj)]
+        if not keep:
+            return None
+        with torch.device("meta"):
+            copies = (LetsTalkTransformer(**self.model_kwargs), AudioProjection(**self.audio_proj_kwargs))
+        for copy, state in zip(copies, states):
+            copy.load_state_dict(state, assign=True)
+            copy.to(self.accelerator.device)
+        return copies
 
     @contextmanager
     def _ema_weights(self):
         """The EMA weights in the model and projection for the ``with`` block, the trained ones after."""
         parameters = self._parameters()
-        self.ema.store(parameters)
+        if self.sharded:  # this process's shards (1/N of the weights) stay where they are, not on the CPU
+            trained = [p.detach().clone() for p in parameters]
+        else:
+            self.ema.store(parameters)
         self.ema.copy_to(parameters)
         try:
             yield
         finally:
-            self.ema.restore(parameters)
+            if self.sharded:
+                with torch.no_grad():
+                    for parameter, value in zip(parameters, trained):
+                        parameter.copy_(value)
+            else:
+                self.ema.restore(parameters)
 
-    def probe(self, timestep: int = PROBE_TIMESTEP) -> Optional[dict[str, float]]:
+    def probe(self, timestep: int = PROBE_TIMESTEP, modules=None) -> Optional[dict[str, float]]:
         """:func:`~.probe.conditioning_probe` with the EMA weights on fixed batches of about
         ``PROBE_CLIPS`` clips in all (the same at every call; its own random generator, so training
         draws are untouched), each error averaged over the batches. None when a batch holds fewer than
-        2 clips or the data has no pixels to encode portraits from."""
+        2 clips or the data has no pixels to encode portraits from. ``modules``: as for :meth:`save_checkpoint`."""
         batch_size = self.config.training.batch_size
         if batch_size < 2 or (self.codec is None and not self.use_latents):
             return None
         generator = torch.Generator().manual_seed(self.config.seed + 7919)
         # one batch of 4 clips swings the audio ratio by +-3% from batch to batch: average over PROBE_CLIPS
         results = [self._probe_batch(self._batch(range(i * batch_size, (i + 1) * batch_size), [generator] * batch_size),
-                                     timestep, generator)
+                                     timestep, generator, modules)
                    for i in range(max(1, math.ceil(PROBE_CLIPS / batch_size)))]
         keys = [key for key in results[0] if all(key in r for r in results)]  # mouth keys: boxes known
         return {key: sum(r[key] for r in results) / len(results) for key in keys}
 
-    def _probe_batch(self, batch: dict, timestep: int, generator: torch.Generator) -> dict[str, float]:
+    def _probe_batch(self, batch: dict, timestep: int, generator: torch.Generator, modules=None) -> dict[str, float]:
         device = self.accelerator.device
         if self.use_latents:
             latents, portrait = batch["clip"].to(device), batch["portrait"].to(device)
@@ -468,10 +545,11 @@ class TransformerTrainer:
         mask = None
         if not torch.isnan(batch["mouth_box"]).any():
             mask = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1], 1.0) - 1.0
-        model, audio_proj = self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.audio_proj)
+        model, audio_proj = modules or (self.accelerator.unwrap_model(self.model),
+                                        self.accelerator.unwrap_model(self.audio_proj))
         model.eval(), audio_proj.eval()
         try:
-            with self._ema_weights():
+            with self._ema_weights() if modules is None else contextlib.nullcontext():
                 return conditioning_probe(model, audio_proj, self.schedule, latents, portrait,
                                           batch["audio_windows"].to(device), memory, timestep=timestep,
                                           mouth_mask=mask, generator=generator)
@@ -482,14 +560,18 @@ class TransformerTrainer:
         """Checkpoint + resumable state (main process only); returns the checkpoint path. Logs the
         conditioning probe (see :meth:`probe`) of the saved weights."""
         self.accelerator.wait_for_everyone()
+        # sharded: every process helps gather the whole weights and state; the main process writes them
+        modules = self.ema_copies() if self.sharded else None
+        state = self.state_dict() if self.sharded else None
         path = None
         if self.accelerator.is_main_process:
             for timestep in PROBE_TIMESTEPS:
-                result = self.probe(timestep)
+                result = self.probe(timestep, modules)
                 if result is not None:
                     logger.info("step %d probe, %s", self.step, describe_probe(result, timestep))
-            path = self.save_checkpoint()
-            _atomic_torch_save(self.state_dict(), self.output_dir / TRANSFORMER_STATE)
+            path = self.save_checkpoint(modules=modules)
+            _atomic_torch_save(state if state is not None else self.state_dict(), self.output_dir / TRANSFORMER_STATE)
+        del modules
         self.accelerator.wait_for_everyone()
         return path
 
@@ -524,7 +606,7 @@ class TransformerTrainer:
         path = self.save()
         if self.accelerator.is_main_process and path is not None:
             final = self.output_dir / FINAL_CHECKPOINT
-            self.save_checkpoint(final)
+            atomic_write(final, lambda temporary: shutil.copyfile(path, temporary))  # the last step's checkpoint
             path = final
         return path
 

@@ -35,9 +35,12 @@ acc = trainer.accelerator
 record = {"processes": acc.num_processes, "rank": acc.process_index, "steps": []}
 
 def on_step(step, loss):
-    weights = acc.unwrap_model(trainer.model).parameters()
+    weights = list(acc.unwrap_model(trainer.model).parameters())
+    whole = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in weights]  # sharded (fsdp): gathered
     record["steps"].append({"step": step, "loss": loss, "positions": list(trainer.batch_positions(trainer.micro_step - 1)),
-                            "checksum": float(sum(p.detach().double().sum() for p in weights))})
+                            "checksum": float(sum(p.detach().double().sum() for p in whole)),
+                            "held": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in weights),
+                            "total": sum(p.numel() for p in whole)})
 
 trainer.train(on_step=on_step)
 with open(f"{record_dir}/rank{acc.process_index}.json", "w") as f:
@@ -107,6 +110,50 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_vae):
                        "training_state.pt"], written
 
 
+def test_two_sharded_processes_train_what_one_process_trains_and_resume_exactly(tmp_path, tiny_vae):
+    """training.fsdp: each process holds half of the weights (and of their gradients and AdamW state),
+    trains what one process trains, writes the same whole files, and a sharded resume continues exactly."""
+    (tmp_path / "driver.py").write_text(DRIVER)
+    records = tmp_path / "records"
+    records.mkdir()
+    # clipping from the first step, so that the gradient norm over sharded gradients is checked too, and
+    # gradient checkpointing (the presets') inside the sharded blocks
+    sharded = dict(fsdp=True, grad_clip=0.05, grad_clip_after=0, gradient_checkpointing=True)
+    result = _torchrun(2, str(tmp_path / "driver.py"), str(_config(tmp_path, "fsdp", tiny_vae, max_steps=2, **sharded)),
+                       str(records), "fresh")
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    resumed = _torchrun(2, str(tmp_path / "driver.py"), str(_config(tmp_path, "fsdp", tiny_vae, max_steps=4, **sharded)),
+                        str(records), "resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    later = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["step"] for s in later[0]["steps"]] == [3, 4]
+    _, losses = _one_process(tmp_path, "one", tiny_vae, max_steps=4, grad_clip=0.05, grad_clip_after=0)
+    for rank in (0, 1):
+        ranks[rank]["steps"] += later[rank]["steps"]
+    for step, (first, second) in enumerate(zip(ranks[0]["steps"], ranks[1]["steps"])):
+        assert sorted(first["positions"] + second["positions"]) == list(range(4 * step, 4 * step + 4))
+        # sharded: each process holds about half of the weights, together all of them
+        assert first["held"] + second["held"] == first["total"] and max(first["held"], second["held"]) < 0.6 * first["total"]
+        assert first["checksum"] == pytest.approx(second["checksum"], rel=1e-12), step
+        assert first["loss"] == second["loss"]
+        assert first["loss"] == pytest.approx(losses[step], rel=1e-4), (step, first["loss"], losses)
+    assert len(ranks[0]["steps"]) == 4
+    one, two = _weights(tmp_path / "one" / "letstalk.safetensors"), _weights(tmp_path / "fsdp" / "letstalk.safetensors")
+    assert two.keys() == one.keys()
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    written = sorted(str(p.relative_to(tmp_path / "fsdp")) for p in (tmp_path / "fsdp").rglob("*") if p.is_file())
+    assert written == ["checkpoints/step_0000002.safetensors", "checkpoints/step_0000004.safetensors", "config.yaml",
+                       "letstalk.safetensors", "training_state.pt"], written
+    # the state holds whole tensors, the same layout as an unsharded run's: it resumes on one process too
+    state = torch.load(tmp_path / "fsdp" / "training_state.pt", weights_only=True)
+    alone = torch.load(tmp_path / "one" / "training_state.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in state["model"].items()} == {k: tuple(v.shape) for k, v in alone["model"].items()}
+    assert [tuple(p.shape) for p in state["ema"]["shadow_params"]] == [tuple(p.shape) for p in alone["ema"]["shadow_params"]]
+    assert state["optimizer"]["state"].keys() == alone["optimizer"]["state"].keys()
+
+
 def test_a_run_of_two_processes_resumes_on_one_as_if_never_stopped(tmp_path, tiny_vae):
     (tmp_path / "driver.py").write_text(DRIVER)
     records = tmp_path / "records"
@@ -125,16 +172,47 @@ def test_a_run_of_two_processes_resumes_on_one_as_if_never_stopped(tmp_path, tin
 
 
 def test_the_command_line_runs_on_two_processes_and_refuses_an_uneven_batch(tmp_path, tiny_vae):
-    good = _torchrun(2, "-m", "letstalk_core", "train", "--config", str(_config(tmp_path, "cli", tiny_vae,
-                                                                                max_steps=2)))
+    # sharded (--fsdp) with the presets' bf16: the sharded forward runs under autocast as a prepared one does
+    good = _torchrun(2, "-m", "letstalk_core", "train", "--fsdp", "--config",
+                     str(_config(tmp_path, "cli", tiny_vae, max_steps=2, mixed_precision="bf16")))
     assert good.returncode == 0, good.stderr[-4000:]
-    assert load_checkpoint(tmp_path / "cli" / "letstalk.safetensors").training["batch_size"] == 4
+    trained = load_checkpoint(tmp_path / "cli" / "letstalk.safetensors")
+    assert trained.training["batch_size"] == 4
+    assert all(torch.isfinite(v).all() for v in trained.model.state_dict().values())
     assert not (tmp_path / "cli" / LOCK_NAME).exists()
     bad = _torchrun(2, "-m", "letstalk_core", "train", "--config", str(_config(tmp_path, "uneven", tiny_vae,
                                                                                batch_size=3)))
     assert bad.returncode != 0
     assert "training.batch_size 3 is the global batch" in bad.stderr and "multiple of the 2 processes" in bad.stderr
     assert not (tmp_path / "uneven" / "checkpoints").exists()
+
+
+def test_fsdp_settings_are_checked_and_accelerates_own_sharding_is_refused(tmp_path, tiny_vae, caplog):
+    from accelerate.utils import DistributedType
+
+    from letstalk_core.__main__ import build_parser
+    from letstalk_core.training.cli import _overrides
+    from letstalk_core.training.trainer import _refuse_accelerate_sharding
+
+    args = build_parser().parse_args(["train", "--preset", "personal", "--fsdp"])
+    assert _overrides(args)["training"]["fsdp"] is True
+    with pytest.raises(ValueError, match="training.fsdp must be true or false"):
+        config_from_dict(tiny_config(tmp_path / "bad", tiny_vae, fsdp="yes"))
+    with pytest.raises(ValueError, match="training.fsdp does not work with mixed_precision fp16 .* use bf16 or no"):
+        config_from_dict(tiny_config(tmp_path / "bad", tiny_vae, fsdp=True, mixed_precision="fp16"))
+    # what `accelerate launch` with an FSDP or DeepSpeed config sets (neither can start on this CPU)
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        launched = type("Launched", (), {"distributed_type": kind})()
+        with pytest.raises(ValueError, match=f"accelerate's {kind.name} config, which this trainer does not support; "
+                                             "launch with plain multi-GPU .* add --fsdp"):
+            _refuse_accelerate_sharding(launched)
+    # one process: nothing to shard, trained as usual
+    caplog.set_level("INFO", logger="letstalk_core.training.trainer")
+    trainer = TransformerTrainer(config_from_dict(tiny_config(tmp_path / "alone", tiny_vae, fsdp=True, max_steps=1)),
+                                 show_progress=False)
+    assert not trainer.sharded and "one process, nothing to shard" in caplog.text
+    trainer.train()
+    assert (tmp_path / "alone" / "letstalk.safetensors").is_file()
 
 
 def test_the_global_batch_is_shared_out_evenly_or_refused():
