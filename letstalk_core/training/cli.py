@@ -126,5 +126,6 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = load_preset(args.preset, overrides)
     path = train(config, resume=args.resume)
-    print(f"checkpoint: {path}")
+    if path is not None:  # the main process's; the others of a run on several processes write nothing
+        print(f"checkpoint: {path}")
     return 0

@@ -13,6 +13,7 @@ run resumes, so a state saved with or without sharding, on any number of process
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Optional
 
 import torch
@@ -36,6 +37,12 @@ def shard_modules(model: nn.Module, others: Iterable[nn.Module], device: torch.d
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # FSDP2 warns once per module class that these modules return views (reshape, unbind), which an in-place
+    # op of the caller would cut off from the backward all-gather. In training the model uses out-of-place
+    # ops only (the in-place ones are in the no-grad inference path), and the test suite checks that two
+    # sharded processes train the weights one process trains: the warning is silenced for these classes.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDP(LetsTalkBlock|LetsTalkTransformer|"
+                                              r"AudioProjection)\) returned a view tensor")
     mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
     for module in (model, *others):
         module.to(device)

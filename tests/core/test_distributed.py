@@ -176,6 +176,9 @@ def test_the_command_line_runs_on_two_processes_and_refuses_an_uneven_batch(tmp_
     good = _torchrun(2, "-m", "letstalk_core", "train", "--fsdp", "--config",
                      str(_config(tmp_path, "cli", tiny_vae, max_steps=2, mixed_precision="bf16")))
     assert good.returncode == 0, good.stderr[-4000:]
+    # one line for the one checkpoint (the other process writes nothing and says nothing), no FSDP view warnings
+    assert good.stdout.count("checkpoint: ") == 1 and f"checkpoint: {tmp_path / 'cli' / 'letstalk.safetensors'}" in good.stdout
+    assert "returned a view tensor" not in good.stderr
     trained = load_checkpoint(tmp_path / "cli" / "letstalk.safetensors")
     assert trained.training["batch_size"] == 4
     assert all(torch.isfinite(v).all() for v in trained.model.state_dict().values())
