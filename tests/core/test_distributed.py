@@ -154,6 +154,25 @@ def test_two_sharded_processes_train_what_one_process_trains_and_resume_exactly(
     assert state["optimizer"]["state"].keys() == alone["optimizer"]["state"].keys()
 
 
+def test_gradient_accumulation_on_two_sharded_processes_trains_what_one_process_trains(tmp_path, tiny_vae):
+    """2 batches of 4 per optimiser step: a sharded process reduce-scatters each batch's gradient (an FSDP2
+    module has no no_sync) and the shards add up to what one process accumulates."""
+    (tmp_path / "driver.py").write_text(DRIVER)
+    records = tmp_path / "records"
+    records.mkdir()
+    settings = dict(gradient_accumulation_steps=2, max_steps=2)
+    result = _torchrun(2, str(tmp_path / "driver.py"), str(_config(tmp_path, "fsdp", tiny_vae, fsdp=True, **settings)),
+                       str(records), "fresh")
+    assert result.returncode == 0, result.stderr[-4000:]
+    steps = json.loads((records / "rank0.json").read_text())["steps"]
+    _, losses = _one_process(tmp_path, "one", tiny_vae, **settings)
+    assert [s["step"] for s in steps] == [0, 1, 1, 2]  # optimiser steps after each of the 4 batches
+    assert [s["loss"] for s in steps] == pytest.approx(losses, rel=1e-4)
+    one, two = _weights(tmp_path / "one" / "letstalk.safetensors"), _weights(tmp_path / "fsdp" / "letstalk.safetensors")
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_a_run_of_two_processes_resumes_on_one_as_if_never_stopped(tmp_path, tiny_vae):
     (tmp_path / "driver.py").write_text(DRIVER)
     records = tmp_path / "records"
