@@ -237,6 +237,35 @@ def test_fsdp_settings_are_checked_and_accelerates_own_sharding_is_refused(tmp_p
     assert (tmp_path / "alone" / "letstalk.safetensors").is_file()
 
 
+SHARD_ERRORS = """
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from letstalk_core.training.sharding import shard_like, shard_optimizer_state
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+parameter = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 3), init_device_mesh("cpu", (1,)), [Shard(0)]))
+for call in (lambda: shard_like(torch.zeros(5, 3), parameter),
+             lambda: shard_optimizer_state({"state": {}, "param_groups": [{"params": [0, 1]}]},
+                                           torch.optim.AdamW([parameter]))):
+    try:
+        call()
+    except ValueError as error:
+        print("ERROR", error)
+dist.destroy_process_group()
+"""
+
+
+def test_a_saved_state_that_does_not_fit_the_sharded_model_is_refused_clearly():
+    # one process with a gloo group of its own (a fresh Python: no process group left in this one)
+    result = subprocess.run([sys.executable, "-c", SHARD_ERRORS], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR ")]
+    assert errors == ["ERROR a saved tensor of shape (5, 3) does not fit a parameter of shape (4, 3)",
+                      "ERROR the saved optimiser state has 2 parameters, the model 1"], result.stdout
+
+
 def test_the_global_batch_is_shared_out_evenly_or_refused():
     assert local_batch_size(8, 2) == 4 and local_batch_size(4, 1) == 4
     with pytest.raises(ValueError, match="training.batch_size 6 is the global batch .* multiple of the 4 processes; "
