@@ -11,7 +11,9 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import paths
+import folder_paths
+
+from . import examples, paths
 from .audio import EncodeAudio, LoadLetsTalkAudioEncoder
 from .model import LoadLetsTalkModel
 from .portrait import PortraitCondition
@@ -39,4 +41,5 @@ class LetsTalkExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> LetsTalkExtension:
     paths.register_model_folders()
+    examples.install_examples(folder_paths.get_input_directory())
     return LetsTalkExtension()

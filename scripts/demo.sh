@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set everything up (idempotent), then run the bundled example workflow through real ComfyUI:
-# the bundled portrait and speech sample go through the pack's nodes with the bundled demo model
-# (models/letstalk-demo.safetensors, which the pack offers as a checkpoint choice by itself),
-# and the talking video is written under output/. Prints the path of the mp4.
+# the bundled portrait and speech sample (which the pack itself copies into ComfyUI's input/letstalk/
+# when it loads, as in any user's ComfyUI) go through the pack's nodes with the bundled demo model
+# (models/letstalk-demo.safetensors, which the pack offers as a checkpoint choice by itself), and the
+# talking video is written under output/. Prints a line per sampled clip with the time left, then the
+# path of the mp4.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
@@ -24,5 +26,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 mkdir -p "$ROOT/output"
-exec "$ROOT/.venv/bin/python" "$ROOT/scripts/comfy_harness.py" run "$WORKFLOW" \
-    --output-dir "$ROOT/output" --input "$PORTRAIT" --input "$SPEECH"
+echo "[demo] making a talking video from workflows/examples/ through ComfyUI (a few minutes on a CPU)"
+exec "$ROOT/.venv/bin/python" "$ROOT/scripts/comfy_harness.py" run "$WORKFLOW" --output-dir "$ROOT/output"

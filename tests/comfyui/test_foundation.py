@@ -122,3 +122,36 @@ def test_taken_port_moves_to_another_and_stop_leaves_nothing(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
         assert port_is_free(port)  # nothing listens there any more
+
+
+def _examples_module():
+    """``nodes/examples.py`` on its own (it imports nothing of ComfyUI; the ``nodes`` package does)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("letstalk_examples", REPO / "nodes" / "examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pack_puts_the_examples_in_input_once_and_never_over_a_users_file(comfy, tmp_path):
+    for name in ("portrait.png", "speech.wav"):  # the session's server, started in a fresh base directory
+        assert (comfy.input_dir / "letstalk" / name).read_bytes() == (REPO / "workflows" / "examples" / name).read_bytes()
+    install_examples = _examples_module().install_examples
+    (tmp_path / "letstalk").mkdir()
+    (tmp_path / "letstalk" / "portrait.png").write_bytes(b"the user's own")
+    written = install_examples(tmp_path)
+    assert written == [tmp_path / "letstalk" / "speech.wav"]
+    assert (tmp_path / "letstalk" / "portrait.png").read_bytes() == b"the user's own"
+    assert install_examples(tmp_path) == []  # a second load writes nothing
+    assert sorted(p.name for p in (tmp_path / "letstalk").iterdir()) == ["portrait.png", "speech.wav"]  # no partial
+    mode = (tmp_path / "letstalk" / "speech.wav").stat().st_mode & 0o777
+    assert mode == (REPO / "workflows" / "examples" / "speech.wav").stat().st_mode & 0o777
+
+
+def test_an_input_folder_that_cannot_be_written_is_logged_and_the_pack_goes_on(tmp_path, caplog):
+    blocked = tmp_path / "input"
+    blocked.write_text("a file where the input folder should be")
+    with caplog.at_level("WARNING", logger="letstalk"):
+        assert _examples_module().install_examples(blocked) == []
+    assert "could not put the example portrait.png" in caplog.text
