@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import torch
+from PIL import Image
+
+import comfy.utils
+from comfy.cli_args import args
 from comfy_api.latest import io
 from server import PromptServer
 
+from letstalk_core.latents import FaceDetectionUnavailable, NoFaceFound
 from letstalk_core.pipeline import check_codec, condition_portrait, latent_scaling_factor
 
 from .comfy_vae import ComfyVAECodec
@@ -30,6 +36,15 @@ def codec_for(model: LoadedLetsTalk, vae) -> object:
     return codec
 
 
+STOP, CENTER = "error", "center crop"  # the if_no_face choices, as the node shows them
+
+
+def show_on_node(crop: torch.Tensor) -> None:
+    """Show a crop (ComfyUI IMAGE ``[1, R, R, 3]`` 0..1) on the running node, as a sampler's preview is shown."""
+    pixels = crop[0].mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    comfy.utils.ProgressBar(1).update_absolute(1, 1, ("JPEG", Image.fromarray(pixels), args.preview_size))
+
+
 class PortraitCondition(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -49,9 +64,10 @@ class PortraitCondition(io.ComfyNode):
                                tooltip="Room around the face, as a fraction of its size on every side: more "
                                        "shows more hair and shoulders, less a closer face. -1: as the model's "
                                        "training faces were framed (the checkpoint's, else 0.5)."),
-                io.Combo.Input("if_no_face", options=["center crop", "error"], default="center crop",
-                               tooltip="What to do when no face is found: take the centre square (with a "
-                                       "warning on this node and in the log) or stop with an error."),
+                io.Combo.Input("if_no_face", options=[STOP, CENTER], default=STOP,
+                               tooltip="What to do when no face is found: stop before sampling, showing on this "
+                                       "node the square that would be animated, or animate the centre square "
+                                       "anyway (with a warning on this node and in the log)."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="A VAE from Load VAE; leave empty to use the checkpoint's own."),
             ],
@@ -68,9 +84,22 @@ class PortraitCondition(io.ComfyNode):
     def execute(cls, image, letstalk_model, crop_face, margin, if_no_face, vae=None) -> io.NodeOutput:
         codec = codec_for(letstalk_model, vae)
         load_to_device(codec)
-        portrait = condition_portrait(letstalk_model.checkpoint, codec, image[:1, :, :, :3].float(), crop=crop_face,
-                                      margin=None if margin < 0 else margin,
-                                      on_no_face="error" if if_no_face == "error" else "center", name="image")
+        if if_no_face not in (STOP, CENTER):
+            raise ValueError(f"if_no_face: expected '{STOP}' or '{CENTER}', got {if_no_face!r}")
+        try:
+            portrait = condition_portrait(letstalk_model.checkpoint, codec, image[:1, :, :, :3].float(),
+                                          crop=crop_face, margin=None if margin < 0 else margin,
+                                          on_no_face="error" if if_no_face == STOP else "center", name="image")
+        except NoFaceFound as error:
+            show_on_node(error.center_crop.comfy_image)
+            height, width = error.center_crop.image_size
+            raise ValueError(f"LetsTalk Portrait Condition: {error.reason} in the {width}x{height} image, so nothing "
+                             f"was sampled. To animate its centre square instead (shown on this node), set "
+                             f"if_no_face to '{CENTER}'; or load a clearer portrait with one frontal face.") from error
+        except FaceDetectionUnavailable as error:
+            raise ValueError(f"LetsTalk Portrait Condition: {error}, so no face can be found. Restart ComfyUI "
+                             f"after installing it, or set if_no_face to '{CENTER}' to animate the centre square "
+                             "of the image.") from error
         if crop_face and not portrait.crop.face_detected:
             warning = "LetsTalk: no face found in the image, so its centre square is animated (see the crop output)"
             log.warning(warning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,27 @@ def write_mp4(path, frames, fps=25, *, audio=None, sample_rate=None, **writer_op
             for chunk in frames:
                 writer.write(chunk)
     return writer.path
+
+
+def options_named(message: str) -> list[tuple[str, str | None]]:
+    """The node options an error message tells the user to set: ``set NAME to 'VALUE'`` and a leading
+    ``NAME:`` (the input a message is about), as (name, value or None)."""
+    named = [(name, value) for name, value in re.findall(r"set (\w+) to '([^']*)'", message)]
+    named += [(name, None) for name in re.findall(r"^(\w+): ", message)]
+    return named
+
+
+def assert_options_exist(comfy, node_type: str, message: str) -> None:
+    """Every option named in ``message`` is an input of ``node_type`` as the node shows it, and a value it
+    names is one of that input's choices."""
+    info = comfy.client.object_info(node_type)[node_type]["input"]
+    inputs = {**info.get("required", {}), **info.get("optional", {})}
+    named = options_named(message)
+    assert named, message
+    for name, value in named:
+        assert name in inputs, (name, message)
+        spec = inputs[name]
+        if value is not None:
+            choices = spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+            assert value in choices, (name, value, choices)
+

@@ -38,6 +38,7 @@ __all__ = [
     "MIN_PORTRAIT_SIDE",
     "PortraitCrop",
     "FaceDetectionUnavailable",
+    "NoFaceFound",
     "MTCNNFaceDetector",
     "load_image",
     "detect_face",
@@ -60,6 +61,17 @@ _BACKGROUNDS = {"white": 1.0, "black": 0.0}
 
 class FaceDetectionUnavailable(ImportError):
     """Face detection was asked for but facenet-pytorch is not installed."""
+
+
+class NoFaceFound(ValueError):
+    """No face in a portrait that had to have one (``on_no_face="error"``).
+
+    ``reason`` says what happened ("no face was found"); ``center_crop`` is the
+    :class:`PortraitCrop` that ``on_no_face="center"`` would have animated, so a caller can show it."""
+
+    def __init__(self, message: str, *, reason: str, center_crop: "PortraitCrop"):
+        super().__init__(message)
+        self.reason, self.center_crop = reason, center_crop
 
 
 @dataclass
@@ -392,15 +404,16 @@ def prepare_portrait(
     if detector is None or detector == "none":
         reason = "face detection is switched off (detector='none')"
     if face_box is None:
+        crop_box = center_crop_box((h, w))
+        center = PortraitCrop(pixels=crop_and_resize(rgb, crop_box, resolution), crop_box=crop_box, face_box=None,
+                              image_size=(h, w), resolution=resolution)
         if on_no_face == "error" and not (detector is None or detector == "none"):
-            raise ValueError(
-                f"{name}: {reason} in the {w}x{h} image; pass a clearer frontal portrait or on_no_face='center'"
-            )
+            raise NoFaceFound(f"{name}: {reason} in the {w}x{h} image; pass a clearer frontal portrait or "
+                              "on_no_face='center'", reason=reason, center_crop=center)
         if detector is not None and detector != "none":
             logger.warning("%s: %s in the %dx%d image; using the centre square crop", name, reason, w, h)
-        crop_box = center_crop_box((h, w))
-    else:
-        crop_box = face_crop_box(face_box, (h, w), margin=margin, fit=fit)
+        return center
+    crop_box = face_crop_box(face_box, (h, w), margin=margin, fit=fit)
     pixels = crop_and_resize(rgb, crop_box, resolution)  # [1, 3, R, R]
     return PortraitCrop(pixels=pixels, crop_box=crop_box, face_box=face_box, image_size=(h, w), resolution=resolution)
 

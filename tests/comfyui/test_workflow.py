@@ -14,7 +14,8 @@ from PIL import Image
 
 from letstalk_core.video import probe
 from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
-from tests.helpers import TEMPLATES, TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS, make_tiny_bundle, write_portrait, write_speechlike
+from tests.helpers import (TEMPLATES, TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS, assert_options_exist, make_tiny_bundle,
+                           write_portrait, write_speechlike)
 
 REPO = Path(__file__).resolve().parents[2]
 BASIC = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
@@ -161,7 +162,8 @@ def test_the_terminal_shows_the_settings_each_clip_and_a_missing_face(tiny):
 
     Image.new("RGB", (96, 96), (128, 128, 128)).save(tiny.input_dir / "blank.png")
     before = len(tiny.log())
-    outputs = tiny.client.run(basic_workflow(**{"1__image": "blank.png", "10__filename_prefix": "blank/x"}))
+    outputs = tiny.client.run(basic_workflow(**{"1__image": "blank.png", "6__if_no_face": "center crop",
+                                                "10__filename_prefix": "blank/x"}))
     assert saved_videos(tiny, outputs)
     log = tiny.log()[before:]
     assert "LetsTalk: no face found in the image, so its centre square is animated" in log
@@ -170,6 +172,25 @@ def test_the_terminal_shows_the_settings_each_clip_and_a_missing_face(tiny):
     for done in range(1, clips + 1):
         assert f"LetsTalk: clip {done}/{clips} done" in log, log[-2000:]
     assert "about 0 s left" in log
+
+
+def test_a_portrait_without_a_face_stops_by_default_naming_the_option_and_every_message_names_real_options(tiny):
+    """if_no_face at its default stops before the sampler runs, with a message naming the node's own option
+    and value; other refusals of the nodes name their inputs as the nodes show them."""
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(tiny.input_dir / "blank.png")
+    before = len(tiny.log())
+    with pytest.raises(ComfyExecutionError) as info:
+        tiny.client.run(basic_workflow(**{"1__image": "blank.png", "10__filename_prefix": "stopped/x"}))
+    assert info.value.node_type == "LetsTalkPortraitCondition"
+    assert "no face was found in the 96x96 image, so nothing was sampled" in info.value.exception_message
+    assert "set if_no_face to 'center crop'" in info.value.exception_message
+    assert_options_exist(tiny, "LetsTalkPortraitCondition", info.value.exception_message)
+    assert "LetsTalk: clip" not in tiny.log()[before:], "nothing was sampled"
+    with pytest.raises(ComfyValidationError) as refused:
+        tiny.client.run(basic_workflow(**{"7__overlap_frames": 64}))
+    for node_errors in refused.value.node_errors.values():
+        for error in node_errors["errors"]:
+            assert_options_exist(tiny, node_errors["class_type"], error["details"])
 
 
 def test_a_sampler_added_by_hand_starts_at_the_basic_workflows_settings(tiny):
