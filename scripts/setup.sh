@@ -53,8 +53,8 @@ WANT="$( (echo "$PINS"; cat "$ROOT/requirements.txt" "$ROOT/scripts/constraints.
 imports_ok() {
     "$PY" - <<'EOF' 2>/dev/null
 import importlib, sys
-for name in ("torch", "torchvision", "torchaudio", "diffusers", "transformers", "safetensors", "einops",
-             "librosa", "soundfile", "imageio_ffmpeg", "accelerate", "yaml", "pytest", "requests", "aiohttp",
+for name in ("torch", "torchvision", "torchaudio", "diffusers", "transformers", "safetensors",
+             "soundfile", "soxr", "pocketsphinx", "imageio_ffmpeg", "accelerate", "yaml", "pytest", "requests", "aiohttp",
              "av", "sqlalchemy", "alembic", "comfyui_frontend_package"):
     importlib.import_module(name)
 import torch
