@@ -1,10 +1,14 @@
-"""``load_audio_encoder``: "mel", a Hugging Face folder, or a single weights file -> an AudioEncoder.
+"""``load_audio_encoder``: "mel", "phones", "phones+mel", a Hugging Face folder, or a single weights
+file -> an AudioEncoder.
 
 Everything is read from local files (``local_files_only=True``); nothing is fetched from the hub.
 
 Accepted forms:
 
 * ``"mel"``: the weight-free log-mel filterbank (:class:`MelAudioEncoder`).
+* ``"phones"``: a soft US-English phone distribution per frame from pocketsphinx's bundled CMU model
+  (:class:`PhoneAudioEncoder`); speech that is not English still gets phones (the nearest English ones).
+  ``"phones+mel"``: the same with the log-mel bands appended in the one layer.
 * A Hugging Face folder with ``config.json`` (``model_type`` "wav2vec2" or "whisper") and
   ``model.safetensors`` (or ``pytorch_model.bin``, or a sharded ``model.safetensors.index.json``);
   ``preprocessor_config.json`` is honoured when present.
@@ -24,9 +28,11 @@ from pathlib import Path
 
 import torch
 
+from ..encoder_names import NAMED_ENCODERS, named_encoder
 from ..weights import read_weights
 from .encoder_base import AudioEncoder
 from .mel import MelAudioEncoder
+from .phones import PhoneAudioEncoder
 from .wav2vec2 import Wav2Vec2AudioEncoder
 from .whisper import TOKENS_PER_SECOND, WhisperAudioEncoder
 
@@ -50,19 +56,24 @@ def load_audio_encoder(
     n_mels: int = 80,
     include_embedding_layer: bool = True,
 ) -> AudioEncoder:
-    """Load an audio encoder from ``"mel"``, a Hugging Face folder or a single weights file.
+    """Load an audio encoder from ``"mel"``, ``"phones"``, ``"phones+mel"``, a Hugging Face folder or a
+    single weights file.
 
     ``config``: a ``Wav2Vec2Config``/``WhisperConfig`` (or dict) for single files whose shapes do not
     say everything. ``normalize_waveform``: wav2vec2 feature-extractor normalisation; default from
     ``preprocessor_config.json``, else on (official). ``chunk_seconds``/``context_seconds``: wav2vec2
     long-audio chunking. ``include_embedding_layer``: whisper keeps its embedding output as layer 0.
     """
-    if isinstance(path_or_name, str) and path_or_name.strip().lower() == "mel":
+    name = named_encoder(path_or_name)
+    if name == "mel":
         return MelAudioEncoder(n_mels=n_mels)
+    if name is not None:
+        return PhoneAudioEncoder(with_mel=name == "phones+mel", n_mels=n_mels)
     path = Path(path_or_name)
     if not path.exists():
         raise FileNotFoundError(
-            f"audio encoder '{path_or_name}' not found; give 'mel', a Hugging Face folder (config.json + "
+            f"audio encoder '{path_or_name}' not found; give 'mel', 'phones', 'phones+mel', a Hugging Face "
+            "folder (config.json + "
             "model.safetensors) or a .safetensors file such as ComfyUI's models/audio_encoders/ files"
         )
     if path.is_dir():
@@ -123,7 +134,7 @@ def audio_encoder_from_state_dict(
         encoder, feature_extractor = _build_whisper(state_dict, model_config, Path(source), {})
         return WhisperAudioEncoder(encoder.to(device, dtype), feature_extractor, source=source)
     raise ValueError(f"{source}: audio encoder type {kind!r} is not known; accepted: 'wav2vec2', 'whisper' "
-                     "(and 'mel', which has no weights)")
+                     "(and 'mel', 'phones', 'phones+mel', which have no weights)")
 
 
 # --- reading files -------------------------------------------------------------------------------

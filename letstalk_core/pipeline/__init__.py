@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..audio import AudioFeatures, audio_encoder_from_state_dict, encode_audio, load_audio, load_audio_encoder
+from ..audio import (NAMED_ENCODERS, AudioFeatures, audio_encoder_from_state_dict, encode_audio, load_audio,
+                     load_audio_encoder)
 from ..audio.encoder_base import AudioEncoder
 from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
@@ -193,8 +194,8 @@ def bundled_vae(ckpt: LetsTalkCheckpoint, *, device: str | torch.device = "cpu")
 def audio_encoder_for(ckpt: LetsTalkCheckpoint, audio_encoder: str | Path | AudioEncoder | None = None, *,
                       device: str | torch.device = "cpu") -> AudioEncoder:
     """The audio encoder to use with ``ckpt``, checked against it: ``audio_encoder`` when given (a loaded
-    encoder, 'mel' or a path), else the one the checkpoint names (a mel filterbank with its band count, or
-    the encoder bundled in it)."""
+    encoder, 'mel', 'phones', 'phones+mel' or a path), else the one the checkpoint names (a weightless one by
+    its name, mel bands with their count, or the encoder bundled in it)."""
     name = str(ckpt.path)
     if isinstance(audio_encoder, AudioEncoder):
         encoder = audio_encoder
@@ -203,8 +204,8 @@ def audio_encoder_for(ckpt: LetsTalkCheckpoint, audio_encoder: str | Path | Audi
     elif ckpt.audio_encoder_config is not None:
         spec = dict(ckpt.audio_encoder_config)
         kind = spec.pop("type", None)
-        if kind == "mel":
-            encoder = load_audio_encoder("mel", n_mels=int(spec.get("n_mels", 80)))
+        if kind in NAMED_ENCODERS:
+            encoder = load_audio_encoder(kind, n_mels=int(spec.get("n_mels", 80)))
         elif ckpt.audio_encoder_state_dict:
             encoder = audio_encoder_from_state_dict(ckpt.audio_encoder_state_dict, kind, config=spec.get("config"),
                                                     source=f"the audio encoder bundled in {name}", device=device)
@@ -219,8 +220,19 @@ def audio_encoder_for(ckpt: LetsTalkCheckpoint, audio_encoder: str | Path | Audi
 
 
 def check_audio_encoder(ckpt: LetsTalkCheckpoint, encoder: AudioEncoder) -> None:
-    """Refuse an audio encoder whose features are not the ones the checkpoint's audio projection takes."""
+    """Refuse an audio encoder whose features are not the ones the checkpoint's audio projection takes: of
+    another kind than the one the checkpoint records (named both ways, even where the widths agree), or
+    of another width."""
     name = str(ckpt.path)
+    recorded = (ckpt.audio_encoder_config or {}).get("type")
+    given = getattr(encoder, "kind", "")
+    if recorded and given and recorded != "unknown" and recorded != given:
+        raise ValueError(
+            f"checkpoint {name} was trained with the {recorded!r} audio encoder but was given {given!r} "
+            f"({encoder.source}); its features mean other things even where the widths agree. Use "
+            f"{recorded!r} (e.g. --audio-encoder {recorded}"
+            + (")" if recorded in NAMED_ENCODERS else " with its weights)")
+        )
     projection = ckpt.audio_proj.config
     if projection.num_layers is not None and projection.feature_dim is not None:
         encoder.check_compatible(int(projection.num_layers), int(projection.feature_dim),
