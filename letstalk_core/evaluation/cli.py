@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..encoder_names import AUDIO_ENCODER_HELP
 from ..files import atomic_write_text
 
 
@@ -58,7 +59,7 @@ def add_parser(subparsers) -> None:
                         help="also compare DDPM 250, DDIM 50, DPM-Solver++ 25 and 10 (slow)")
     add_sampling_arguments(parser, with_fps=False)
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
-    parser.add_argument("--audio-encoder", default=None, help="audio encoder (default: the checkpoint's)")
+    parser.add_argument("--audio-encoder", default=None, help=AUDIO_ENCODER_HELP + " (default: the checkpoint's)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

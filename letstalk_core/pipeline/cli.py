@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..encoder_names import AUDIO_ENCODER_HELP
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output .mp4")
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
     parser.add_argument("--audio-encoder", default=None,
-                        help="'mel', a wav2vec2/whisper folder or .safetensors (default: the checkpoint's)")
+                        help=AUDIO_ENCODER_HELP + " (default: the checkpoint's)")
     add_sampling_arguments(parser)
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                         help="crop the face (face detection when installed, else the centre square)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..encoder_names import AUDIO_ENCODER_HELP, named_encoder
+
 
 def add_parser(subparsers) -> None:
     prepare = subparsers.add_parser(
@@ -16,8 +18,7 @@ def add_parser(subparsers) -> None:
     prepare.add_argument("--out", required=True, help="output folder (manifest.json + shards/)")
     prepare.add_argument("--fps", type=int, default=25, help="frame rate to resample to (default 25)")
     prepare.add_argument("--size", type=int, default=256, help="side of the square face crop in pixels (default 256)")
-    prepare.add_argument("--audio-encoder", default="mel",
-                         help="'mel' or a wav2vec2/whisper folder or .safetensors file (default mel)")
+    prepare.add_argument("--audio-encoder", default="mel", help=AUDIO_ENCODER_HELP + " (default mel)")
     prepare.add_argument("--vae", default=None, help="also cache latents of this VAE (folder or file)")
     prepare.add_argument("--on-no-face", choices=("skip", "center"), default="skip",
                          help="what to do when no face is found: skip the video (default) or centre-crop it")
@@ -43,7 +44,7 @@ def add_parser(subparsers) -> None:
     train.add_argument("--out", help="override output_dir")
     train.add_argument("--data", help="override data.path")
     train.add_argument("--vae", help="override vae.path")
-    train.add_argument("--audio-encoder", help="override audio.encoder")
+    train.add_argument("--audio-encoder", help="override audio.encoder: " + AUDIO_ENCODER_HELP)
     train.add_argument("--max-steps", type=int, help="override training.max_steps")
     train.add_argument("--batch-size", type=int,
                        help="override training.batch_size: the global batch, clips per step over all processes "
@@ -118,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
         # command-line paths are relative to the working directory, not to the config file
         for section, key in (("data", "path"), ("vae", "path"), ("audio", "encoder"), ("training", "init_from")):
             value = overrides.get(section, {}).get(key)
-            if value and value != "mel":
+            if value and not named_encoder(value):
                 overrides[section][key] = str(Path(value).resolve())
         if "output_dir" in overrides:
             overrides["output_dir"] = str(Path(overrides["output_dir"]).resolve())

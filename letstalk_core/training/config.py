@@ -75,7 +75,7 @@ class ModelConfig:
 
 @dataclass
 class AudioConfig:
-    encoder: str = "mel"  # "mel" or a wav2vec2/whisper folder or file
+    encoder: str = "mel"  # "mel", "phones", "phones+mel" or a wav2vec2/whisper folder or file
     n_mels: int = 80
     window_radius: int = 2  # windows of 2r+1 frames (official 5)
     intermediate_dim: int = 512
@@ -278,7 +278,7 @@ def validate(config: TrainConfig) -> TrainConfig:
                          f"latents, not divisible by model.patch_size {m.patch_size}")
     a = config.audio
     if not isinstance(a.encoder, str) or not a.encoder:
-        raise ValueError(f"audio.encoder must be 'mel' or a path, got {a.encoder!r}")
+        raise ValueError(f"audio.encoder must be 'mel', 'phones', 'phones+mel' or a path, got {a.encoder!r}")
     for name in ("n_mels", "intermediate_dim", "num_tokens", "output_dim"):
         _positive_int(getattr(a, name), f"audio.{name}")
     _positive_int(a.window_radius, "audio.window_radius", 0)
@@ -347,8 +347,10 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def _resolve_paths(config: TrainConfig, base: Path) -> None:
+    from ..encoder_names import named_encoder
+
     def resolve(value):
-        if value is None or value == "mel":
+        if value is None or named_encoder(value):  # "mel", "phones", "phones+mel" are names, not paths
             return value
         path = Path(os.path.expanduser(value))
         return str(path if path.is_absolute() else (base / path))

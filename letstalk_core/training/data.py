@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from ..audio import MonoAudio, encode_audio, frame_windows
+from ..audio import MonoAudio, encode_audio, frame_windows, named_encoder
 from .prepare import SAMPLE_RATE, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -303,6 +303,13 @@ def build_source(config, encoder):
                                 cache_videos=d.cache_videos)
         if source.fps != d.fps:
             raise ValueError(f"{d.path!r} was prepared at {source.fps} fps, the config asks for data.fps {d.fps}")
+        prepared_with = named_encoder(source.manifest["audio_encoder"].get("name"))
+        asked = named_encoder(config.audio.encoder)
+        if (prepared_with or asked) and prepared_with != asked:  # e.g. phones vs mel, even at equal widths
+            raise ValueError(f"{d.path!r} was prepared with the audio encoder "
+                             f"{source.manifest['audio_encoder']['name']!r} but audio.encoder is "
+                             f"{config.audio.encoder!r}; prepare again with --audio-encoder {config.audio.encoder} "
+                             "or train with the encoder the data was prepared with")
         if (source.num_layers, source.feature_dim) != (encoder.num_layers, encoder.feature_dim):
             raise ValueError(f"{d.path!r} holds audio features of {source.num_layers} x {source.feature_dim} "
                              f"(encoder {source.manifest['audio_encoder']['name']!r}) but audio.encoder "

@@ -8,8 +8,8 @@ For every video under ``--videos`` (mp4, mov, mkv, avi, webm; searched recursive
    largest face (``margin`` of the face size added on every side); a video where no face is found is
    skipped and reported, or centre-cropped when ``on_no_face="center"``;
 3. crop and resize every frame to ``size`` x ``size`` (uint8);
-4. extract the speech as 16 kHz mono and encode it with the audio encoder (``"mel"`` or a
-   wav2vec2/whisper folder/file) to per-frame features ``[N, L, D]``;
+4. extract the speech as 16 kHz mono and encode it with the audio encoder (``"mel"``, ``"phones"``,
+   ``"phones+mel"`` or a wav2vec2/whisper folder/file) to per-frame features ``[N, L, D]``;
 5. optionally encode the frames with a VAE (``vae``) to latents ``[N, C, h, w]``.
 
 Each video becomes one shard ``shards/<index>.safetensors`` (``frames``, ``audio_features``, ``audio``,

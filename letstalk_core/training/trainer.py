@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import save_checkpoint
+from ..encoder_names import named_encoder
 from ..files import atomic_write
 from ..model import AudioProjection, LetsTalkTransformer
 from ..model.transformer import LetsTalkBlock
@@ -451,8 +452,9 @@ class TransformerTrainer:
         a = self.config.audio
         encoder = {"type": getattr(self.encoder, "kind", "unknown"), "num_layers": self.encoder.num_layers,
                    "feature_dim": self.encoder.feature_dim, "window_radius": a.window_radius, "fps": self.config.data.fps}
-        if a.encoder == "mel":
-            encoder["n_mels"] = a.n_mels
+        if named_encoder(a.encoder):  # weightless: the name (type) and its mel bands say everything
+            if getattr(self.encoder, "n_mels", 0):
+                encoder["n_mels"] = a.n_mels
         else:
             encoder["source"] = a.encoder
         return encoder

@@ -268,3 +268,65 @@ def test_a_mel_checkpoint_refuses_phones_even_at_the_same_width(tmp_path):
     with pytest.raises(ValueError, match=r"'mel' audio encoder but was given 'phones'") as error:
         audio_encoder_for(narrow, load_audio_encoder("phones"))
     assert "--audio-encoder mel" in str(error.value)
+
+
+# --- train with phones: the bundle records the kind, generate takes it from there ------------------------
+
+
+def test_training_with_phones_records_the_kind_and_the_checkpoint_refuses_mel(tmp_path):
+    from letstalk_core.latents import build_vae, load_shipped_config, save_vae
+    from letstalk_core.training.config import config_from_dict
+    from letstalk_core.training.trainer import TransformerTrainer
+    from tests.core.test_training import _has_espeak, tiny_config  # the trainer tests' tiny setup
+
+    if not _has_espeak():
+        pytest.skip("espeak-ng is needed by the synthetic world")
+    vae_config = load_shipped_config("demo_vae")
+    vae_config.update(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, sample_size=32)
+    vae = save_vae(build_vae(vae_config, kind="demo_vae", seed=0), tmp_path / "tiny_vae.safetensors")
+    values = tiny_config(tmp_path / "run", vae, max_steps=1, batch_size=1)
+    values["audio"]["encoder"] = "phones"
+    values["data"]["synthetic"]["num_videos"] = 1
+    config = config_from_dict(values, base_dir=tmp_path)
+    assert config.audio.encoder == "phones"  # a name, not resolved into a path under base_dir
+    path = TransformerTrainer(config, show_progress=False).train()
+    ckpt = load_checkpoint(path)
+    recorded = ckpt.audio_encoder_config
+    assert (recorded["type"], recorded["num_layers"], recorded["feature_dim"]) == ("phones", 1, len(PHONES))
+    assert "n_mels" not in recorded and "source" not in recorded
+    assert audio_encoder_for(ckpt).kind == "phones"
+    with pytest.raises(ValueError, match=r"'phones' audio encoder but was given 'mel'"):
+        audio_encoder_for(ckpt, "mel")
+
+
+def test_prepare_with_phones_and_training_that_asks_for_mel_is_refused(tmp_path, pop_bob_mom):
+    from letstalk_core.training.config import config_from_dict
+    from letstalk_core.training.data import build_source
+    from letstalk_core.training.prepare import prepare_dataset, read_manifest
+    from safetensors.torch import load_file
+    from tests.helpers import write_mp4
+
+    audio, _ = pop_bob_mom
+    (tmp_path / "videos").mkdir()
+    frames = np.full((int(audio.seconds * 25), 48, 48, 3), 120, np.uint8)  # [N, H, W, 3]
+    write_mp4(tmp_path / "videos" / "a.mp4", frames, 25, audio=audio.samples.numpy(), sample_rate=SR)
+    out = tmp_path / "prepared"
+    report = prepare_dataset(tmp_path / "videos", out, size=32, audio_encoder="phones", detector="none",
+                             on_no_face="center", holdout_fraction=0)
+    assert report.prepared == ["a.mp4"]
+    manifest = read_manifest(out)
+    assert (manifest["audio_encoder"]["name"], manifest["audio_encoder"]["feature_dim"]) == ("phones", len(PHONES))
+    shard = load_file(out / manifest["videos"][0]["shard"])
+    assert shard["audio_features"].shape[1:] == (1, len(PHONES))
+    assert shard["audio_features"][:, 0, LIP_COLUMNS].sum(-1).max() > 0.5  # the b/m closures made it in
+
+    def source_for(encoder: str):
+        config = config_from_dict({"output_dir": str(tmp_path / "run"), "audio": {"encoder": encoder, "n_mels": 41},
+                                   "data": {"source": "prepared", "path": str(out), "resolution": 32},
+                                   "vae": {"path": str(tmp_path / "not_read.safetensors")}})
+        return build_source(config, load_audio_encoder(encoder, n_mels=41))
+
+    assert source_for("phones").feature_dim == len(PHONES)
+    # 41 mel bands are as wide as the phones: refused by the names, not the widths
+    with pytest.raises(ValueError, match=r"prepared with the audio encoder 'phones' but audio.encoder is 'mel'"):
+        source_for("mel")
