@@ -28,9 +28,12 @@ class LoadLetsTalkAudioEncoder(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "encoder_name", options=audio_encoder_choices(), default="mel",
-                    tooltip="'mel' is a weightless log-mel filterbank (the demo model's encoder); other "
-                            "entries are wav2vec2 or whisper weights in models/audio_encoders/ (a single "
-                            ".safetensors or a Hugging Face folder).",
+                    tooltip="'mel' is a weightless log-mel filterbank (the demo model's encoder); 'phones' "
+                            "gives US-English phones (pocketsphinx's CMU model; speech that is not English gets "
+                            "the nearest English ones; silence, music and noise a closed mouth), 'phones+mel' "
+                            "both; other entries are wav2vec2 or whisper weights in models/audio_encoders/ (a "
+                            "single .safetensors or a Hugging Face folder). Use the one the checkpoint was "
+                            "trained with.",
                 ),
             ],
             outputs=[LetsTalkAudioEncoder.Output(display_name="audio_encoder",

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..checks import check_int
 from .guidance import GuidanceScales, guided_model_output
 from .schedules import make_sampler
 
@@ -66,8 +67,8 @@ def clip_plan(num_frames: int, frames_per_clip: int, overlap_frames: int = 0) ->
     frames of overlap. Windows stay inside the length padded to whole clips (the audio's length), so the
     last window may overlap the one before by more than ``overlap_frames``. With no overlap, clip ``i``
     is frames ``i*F .. i*F+F-1``, the authors' layout."""
-    _check_int("num_frames", num_frames, minimum=1)
-    _check_int("frames_per_clip", frames_per_clip, minimum=1)
+    check_int("num_frames", num_frames, 1)
+    check_int("frames_per_clip", frames_per_clip, 1)
     check_overlap_frames(overlap_frames, frames_per_clip)
     padded = -(-num_frames // frames_per_clip) * frames_per_clip
     plan = [ClipWindow(0, 0, 0, min(frames_per_clip, num_frames))]
@@ -79,12 +80,15 @@ def clip_plan(num_frames: int, frames_per_clip: int, overlap_frames: int = 0) ->
     return plan
 
 
-def check_overlap_frames(overlap_frames, frames_per_clip: int) -> None:
-    """Raises ValueError unless ``overlap_frames`` is an int from 0 to ``frames_per_clip - 1``."""
-    if isinstance(overlap_frames, bool) or not isinstance(overlap_frames, (int, np.integer)) \
-            or not 0 <= overlap_frames < frames_per_clip:
-        raise ValueError(f"overlap_frames must be an integer from 0 to frames_per_clip - 1 = {frames_per_clip - 1} "
-                         f"(0: clips follow each other, the authors' loop), got {overlap_frames!r}")
+def check_overlap_frames(overlap_frames, frames_per_clip: int | None = None, *, model: str = "") -> int:
+    """``overlap_frames`` as an int; raises ValueError unless it is an integer from 0 to
+    ``frames_per_clip - 1`` (any integer >= 0 while the clip length is not known, None). ``model``
+    names where the clip length comes from in the message (e.g. ``" for checkpoint x.safetensors"``)."""
+    accepted = "an integer from 0 to frames_per_clip - 1"
+    if frames_per_clip is not None:
+        accepted += f" = {frames_per_clip - 1}{model}"
+    return check_int("overlap_frames", overlap_frames, 0, None if frames_per_clip is None else frames_per_clip - 1,
+                     accepted=accepted + " (0: clips follow each other, the authors' loop)")
 
 
 def clip_generator(base_seed: int, clip_index: int) -> torch.Generator:
@@ -144,8 +148,8 @@ def iter_video_clips(
     """
     frames_per_clip = _from_model_config(model, "frames_per_clip", frames_per_clip)
     memory_frames = _from_model_config(model, "memory_frames", memory_frames)
-    _check_int("frames_per_clip", frames_per_clip, minimum=1)
-    _check_int("memory_frames", memory_frames, minimum=0)
+    check_int("frames_per_clip", frames_per_clip, 1)
+    check_int("memory_frames", memory_frames, 0)
     if memory_frames > frames_per_clip:
         raise ValueError(
             f"memory_frames ({memory_frames}) cannot exceed frames_per_clip ({frames_per_clip}): the memory of a "
@@ -180,7 +184,7 @@ def iter_video_clips(
     audio_frames = audio.shape[1]
     if num_frames is None:
         num_frames = audio_frames
-    _check_int("num_frames", num_frames, minimum=1)
+    check_int("num_frames", num_frames, 1)
     padded = -(-num_frames // frames_per_clip) * frames_per_clip
     if audio_frames < padded:
         raise ValueError(
@@ -274,11 +278,6 @@ def _from_model_config(model, name: str, value):
     if found is None:
         raise ValueError(f"{name} was not given and the model has no config.{name}; pass {name}")
     return found
-
-
-def _check_int(name: str, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _describe(value) -> str:

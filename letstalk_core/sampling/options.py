@@ -26,23 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from .schedules import SAMPLERS
+from ..checks import check_int
+from .long_video import check_overlap_frames
+from .schedules import check_sampler
 
 # model evaluations per clip when a sampler is chosen without a step count
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpmpp_2m": 25, "euler": 50}
 DEFAULT_FPS = 25
-
-
-def _check_sampler(sampler) -> str:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
-    return sampler
-
-
-def _check_int(name: str, value, minimum: int | None, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum is not None and value < minimum):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
 
 
 def _check_scale(name: str, value) -> float:
@@ -74,14 +64,12 @@ class SamplingOptions:
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: the checked values replace the given ones
-        set_(self, "sampler", _check_sampler(self.sampler))
-        set_(self, "steps", _check_int("steps", self.steps, 1, "an integer >= 1 (model evaluations per clip)"))
-        set_(self, "seed", _check_int("seed", self.seed, None, "an integer"))
+        set_(self, "sampler", check_sampler(self.sampler))
+        set_(self, "steps", check_int("steps", self.steps, 1, accepted="an integer >= 1 (model evaluations per clip)"))
+        set_(self, "seed", check_int("seed", self.seed))
         set_(self, "audio_cfg", _check_scale("audio_cfg", self.audio_cfg))
         set_(self, "portrait_cfg", _check_scale("portrait_cfg", self.portrait_cfg))
-        set_(self, "overlap_frames", _check_int("overlap_frames", self.overlap_frames, 0,
-                                                "an integer from 0 to frames_per_clip - 1 (0: clips follow each "
-                                                "other, the authors' loop)"))
+        set_(self, "overlap_frames", check_overlap_frames(self.overlap_frames))  # the clip length: check_for
         set_(self, "fps", _check_fps(self.fps))
 
     @property
@@ -96,16 +84,13 @@ class SamplingOptions:
             raise TypeError(f"unknown sampling options: {', '.join(unknown)}")
         given = {name: value for name, value in overrides.items() if value is not None}
         if "sampler" in given and given["sampler"] != self.sampler and "steps" not in given:
-            given["steps"] = DEFAULT_STEPS[_check_sampler(given["sampler"])]
+            given["steps"] = DEFAULT_STEPS[check_sampler(given["sampler"])]
         return dataclasses.replace(self, **given)
 
     def check_for(self, checkpoint) -> "SamplingOptions":
         """Raises ValueError when these options cannot run on ``checkpoint``; returns self."""
-        frames_per_clip = int(checkpoint.frames_per_clip)
-        if self.overlap_frames >= frames_per_clip:
-            raise ValueError(f"overlap_frames must be an integer from 0 to frames_per_clip - 1 = {frames_per_clip - 1} "
-                             f"for checkpoint {checkpoint.path} (0: clips follow each other, the authors' loop), "
-                             f"got {self.overlap_frames}")
+        check_overlap_frames(self.overlap_frames, int(checkpoint.frames_per_clip),
+                             model=f" for checkpoint {checkpoint.path}")
         if self.guided and not checkpoint.supports_guidance:
             raise ValueError(
                 f"checkpoint {checkpoint.path} was trained without condition dropout, so guidance has no meaning for "

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from ..checks import check_int
+
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 1e-4
 BETA_END = 0.02
@@ -46,11 +48,7 @@ def training_alphas_cumprod() -> np.ndarray:
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise ValueError(f"steps must be an integer from 1 to {NUM_TRAIN_TIMESTEPS}, got {steps!r}")
-    if not 1 <= int(steps) <= NUM_TRAIN_TIMESTEPS:
-        raise ValueError(f"steps must be from 1 to {NUM_TRAIN_TIMESTEPS}, got {steps}")
-    return int(steps)
+    return check_int("steps", steps, 1, NUM_TRAIN_TIMESTEPS)
 
 
 def even_timesteps(steps: int) -> list[int]:
@@ -81,7 +79,8 @@ def stride_timesteps(steps: int) -> list[int] | None:
     return None
 
 
-def _check_sampler(sampler) -> str:
+def check_sampler(sampler) -> str:
+    """``sampler``, when it is one of :data:`SAMPLERS`; else ValueError naming the accepted ones."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not known; accepted: {', '.join(SAMPLERS)}")
     return sampler
@@ -95,7 +94,7 @@ def respaced_timesteps(steps: int, timestep_spacing: str = "auto", sampler: str 
     ``"auto"`` picks ``"stride"`` for the ``ddim`` sampler when it exists and ``"even"`` otherwise.
     """
     steps = _check_steps(steps)
-    _check_sampler(sampler)
+    check_sampler(sampler)
     if timestep_spacing not in TIMESTEP_SPACINGS:
         raise ValueError(
             f"timestep_spacing {timestep_spacing!r} is not known; accepted: {', '.join(TIMESTEP_SPACINGS)}"
@@ -269,7 +268,7 @@ def make_sampler(sampler: str = "ddpm", steps: int = 250, timestep_spacing: str 
     ``ddim``: DDIM with eta 0; ``dpmpp_2m``: DPM-Solver++ (2M, midpoint, first order at the last
     steps when fewer than 15); ``euler``: Euler on the probability-flow ODE. All four end at sigma 0.
     """
-    _check_sampler(sampler)
+    check_sampler(sampler)
     timesteps = respaced_timesteps(steps, timestep_spacing, sampler)
     betas = respaced_betas(timesteps)
     common = {"num_train_timesteps": len(timesteps), "trained_betas": betas, "prediction_type": "epsilon"}

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..checks import check_int
 from ..model import OFFICIAL_SIZES, VARIANTS, audio_projection_config, transformer_config
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -229,11 +230,6 @@ def _build(cls, values: Any, where: str):
     return cls(**kwargs)
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def _rate(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
@@ -246,7 +242,7 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ValueError(f"stages: unknown stage {stage!r}; accepted: {list(STAGES)}")
     if not config.stages:
         raise ValueError(f"stages must name at least one of {list(STAGES)}")
-    _positive_int(config.seed, "seed", 0)
+    check_int("seed", config.seed, 0)
     d = config.data
     if d.source not in DATA_SOURCES:
         raise ValueError(f"data.source must be one of {list(DATA_SOURCES)}, got {d.source!r}")
@@ -257,20 +253,20 @@ def validate(config: TrainConfig) -> TrainConfig:
     if d.use_cached_latents and "vae" in config.stages:
         raise ValueError("data.use_cached_latents cannot be combined with the 'vae' stage (the cached latents "
                          "come from a fixed VAE)")
-    _positive_int(d.resolution, "data.resolution", 8)
+    check_int("data.resolution", d.resolution, 8)
     if d.resolution % 8:
         raise ValueError(f"data.resolution must be a multiple of 8 (the VAE downscale), got {d.resolution}")
-    _positive_int(d.fps, "data.fps")
-    _positive_int(d.synthetic.num_videos, "data.synthetic.num_videos")
-    _positive_int(d.cache_videos, "data.cache_videos")
+    check_int("data.fps", d.fps, 1)
+    check_int("data.synthetic.num_videos", d.synthetic.num_videos, 1)
+    check_int("data.cache_videos", d.cache_videos, 1)
     m = config.model
     if m.variant not in VARIANTS:
         raise ValueError(f"model.variant must be one of {list(VARIANTS)}, got {m.variant!r}")
     if m.size is not None and m.size not in OFFICIAL_SIZES:
         raise ValueError(f"model.size must be one of {list(OFFICIAL_SIZES)} or null, got {m.size!r}")
     for name in ("hidden_size", "depth", "num_heads", "patch_size", "in_channels", "frames_per_clip"):
-        _positive_int(getattr(m, name), f"model.{name}")
-    _positive_int(m.memory_frames, "model.memory_frames", 0)
+        check_int(f"model.{name}", getattr(m, name), 1)
+    check_int("model.memory_frames", m.memory_frames, 0)
     if m.variant == "vdt" and m.memory_frames:
         raise ValueError("model.memory_frames must be 0 for the 'vdt' variant")
     if latent_size_for(config) % m.patch_size:
@@ -280,19 +276,19 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not isinstance(a.encoder, str) or not a.encoder:
         raise ValueError(f"audio.encoder must be 'mel', 'phones', 'phones+mel' or a path, got {a.encoder!r}")
     for name in ("n_mels", "intermediate_dim", "num_tokens", "output_dim"):
-        _positive_int(getattr(a, name), f"audio.{name}")
-    _positive_int(a.window_radius, "audio.window_radius", 0)
+        check_int(f"audio.{name}", getattr(a, name), 1)
+    check_int("audio.window_radius", a.window_radius, 0)
     v = config.vae
     for name in ("steps", "batch_size", "save_every"):
-        _positive_int(getattr(v, name), f"vae.{name}")
+        check_int(f"vae.{name}", getattr(v, name), 1)
     if "vae" not in config.stages and v.path is None and not d.use_cached_latents:
         raise ValueError("vae.path is needed (the VAE whose latents the transformer learns), unless the 'vae' "
                          "stage trains one or data.use_cached_latents is set")
     t = config.training
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "save_every", "log_every"):
-        _positive_int(getattr(t, name), f"training.{name}")
-    _positive_int(t.grad_clip_after, "training.grad_clip_after", 0)
-    _positive_int(t.lr_decay_steps, "training.lr_decay_steps", 0)
+        check_int(f"training.{name}", getattr(t, name), 1)
+    check_int("training.grad_clip_after", t.grad_clip_after, 0)
+    check_int("training.lr_decay_steps", t.lr_decay_steps, 0)
     if t.lr_decay_steps > t.max_steps:
         raise ValueError(f"training.lr_decay_steps ({t.lr_decay_steps}) must be at most training.max_steps "
                          f"({t.max_steps}): the decay runs over the last steps of the run")
@@ -319,7 +315,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if t.grad_clip is not None and not (isinstance(t.grad_clip, (int, float)) and t.grad_clip > 0):
         raise ValueError(f"training.grad_clip must be a positive number or null, got {t.grad_clip!r}")
     r = config.recipe
-    _positive_int(r.memory_max_timestep, "recipe.memory_max_timestep")
+    check_int("recipe.memory_max_timestep", r.memory_max_timestep, 1)
     if r.memory_max_timestep > 1000:
         raise ValueError(f"recipe.memory_max_timestep must be at most 1000, got {r.memory_max_timestep}")
     _rate(r.memory_mask_fraction, "recipe.memory_mask_fraction")

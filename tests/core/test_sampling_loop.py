@@ -343,7 +343,7 @@ def test_loop_input_errors_name_the_input():
         with pytest.raises(ValueError, match=match):
             iter_video_clips(model, options.pop("portrait", portrait), **options)
 
-    refused(r"steps must be from 1 to 1000, got 0", steps=0)
+    refused(r"steps must be an integer from 1 to 1000, got 0", steps=0)
     refused(r"steps must be an integer", steps=2.5)
     refused(r"sampler 'heun' is not known; accepted: ddpm, ddim, dpmpp_2m, euler", sampler="heun")
     refused(r"the audio covers 12 frames, but 13 frames in clips of 4 need 16", num_frames=13)
