@@ -7,6 +7,7 @@ from pathlib import Path
 
 import folder_paths
 
+from letstalk_core.encoder_names import NAMED_ENCODERS
 from letstalk_core.pipeline import DEMO_CHECKPOINT
 
 LETSTALK_FOLDER = "letstalk"
@@ -32,16 +33,17 @@ def default_checkpoint(choices: list[str]) -> str | None:
 
 
 def audio_encoder_choices() -> list[str]:
-    """"mel" (no weights) first, then every weights file under ``models/audio_encoders/``.
+    """The weightless encoders ("mel", "phones", "phones+mel") first, then every weights file under
+    ``models/audio_encoders/``.
 
     A Hugging Face folder shows up as its ``model.safetensors``; the loader opens the folder.
     """
-    return ["mel"] + folder_paths.get_filename_list("audio_encoders")
+    return list(NAMED_ENCODERS) + folder_paths.get_filename_list("audio_encoders")
 
 
 def resolve_audio_encoder(name: str) -> str:
     """The path the core loader should open for a choice of :func:`audio_encoder_choices`."""
-    if name == "mel":
+    if name in NAMED_ENCODERS:
         return name
     path = Path(folder_paths.get_full_path_or_raise("audio_encoders", name))
     if (path.parent / "config.json").is_file() and path.parent != Path(folder_paths.models_dir) / "audio_encoders":
