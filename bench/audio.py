@@ -6,9 +6,12 @@ Prints, measured in this run on this machine:
   pass (interpolated to 25 fps, no chunking), and their ratios;
 * peak resident memory while encoding, in fresh subprocesses, for 10 s and 60 s of audio (and 120 s for ours),
   and the working memory: that peak less the memory before encoding and less the output tensor, which
-  holds the result and so must grow with the audio (an hour of a base model at 25 fps is 3.3 GB).
+  holds the result and so must grow with the audio (an hour of a base model at 25 fps is 3.3 GB);
+* the "phones" encoder: seconds of pocketsphinx phone decoding per second of speech (target <= 0.1, i.e.
+  1 s per 10 s of speech), and of the whole phones encoder, next to the mel encoder on the same audio, on
+  the speech-like signal and, when ``../shared/footage/grid`` is there, on real speech (GRID sentences).
 
-Usage: .venv/bin/python bench/audio.py [--seconds 60] [--repeats 3] [--threads N]
+Usage: .venv/bin/python bench/audio.py [--seconds 60] [--repeats 3] [--threads N] [--phones-only]
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from letstalk_core.audio import Wav2Vec2AudioEncoder, load_audio  # noqa: E402
+from letstalk_core.audio import Wav2Vec2AudioEncoder, load_audio, load_audio_encoder  # noqa: E402
+
+GRID = Path(__file__).resolve().parents[1].parent / "shared" / "footage" / "grid" / "s1"
 
 SR = 16_000
 
@@ -76,17 +81,67 @@ def child(mode: str, seconds: float) -> None:
                       "output_mib": features.numel() * features.element_size() / 2**20}))
 
 
+def grid_speech(max_seconds: float):
+    """Real speech: GRID sentences joined end to end, up to ``max_seconds``; None without the footage."""
+    clips = sorted(GRID.glob("*.mpg")) if GRID.is_dir() else []
+    pieces, total = [], 0.0
+    for clip in clips:
+        audio = load_audio(clip)
+        pieces.append(audio.samples)
+        total += audio.seconds
+        if total >= max_seconds:
+            break
+    return load_audio(torch.cat(pieces).numpy(), SR) if pieces else None
+
+
+def best_of(repeats: int, function) -> tuple[float, float]:
+    """Best wall-clock and best CPU seconds (this process, all threads) of ``repeats`` calls: on a shared
+    machine the CPU time is the one that does not grow with the others' load."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        function()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return min(walls), min(cpus)
+
+
+def phones_cost(seconds: float, repeats: int, wav2vec2_rtf: float | None = None) -> None:
+    """Seconds of compute per second of speech: the phone decoder, the phones encoder, the mel encoder."""
+    phones, mel = load_audio_encoder("phones"), load_audio_encoder("mel")
+    phones.encode(load_audio(speech_like(2.0), SR), 25)  # warm-up (loads the acoustic model)
+    inputs = [("speech-like", load_audio(speech_like(seconds), SR))]
+    real = grid_speech(seconds)
+    if real is not None:
+        inputs.append((f"GRID s1 ({real.seconds:.0f} s of real speech)", real))
+    else:
+        print(f"(no real speech: {GRID} is not there; the speech-like signal only)")
+    for name, audio in inputs:
+        decode, decode_cpu = (t / audio.seconds for t in best_of(repeats, lambda: phones.decoder.segments(audio.samples)))
+        encode, encode_cpu = (t / audio.seconds for t in best_of(repeats, lambda: phones.encode(audio, 25)))
+        mel_rtf, mel_cpu = (t / audio.seconds for t in best_of(repeats, lambda: mel.encode(audio, 25)))
+        print(f"phones on {name}: decoding {decode:.4f} s wall ({decode_cpu:.4f} s CPU) per s of speech = "
+              f"{10 * decode:.2f} s wall / {10 * decode_cpu:.2f} s CPU per 10 s (target <= 1); whole encoder "
+              f"{encode:.4f} wall ({encode_cpu:.4f} CPU); mel encoder {mel_rtf:.4f} wall ({mel_cpu:.4f} CPU): "
+              f"phones / mel = {encode / mel_rtf:.1f} wall, {encode_cpu / mel_cpu:.1f} CPU"
+              + ("" if wav2vec2_rtf is None else f"; phones / wav2vec2-base (ours above) = {encode / wav2vec2_rtf:.3f} wall"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--child", choices=["ours", "single_pass", "plain"])
+    parser.add_argument("--phones-only", action="store_true", help="only the phones encoder's cost (and mel's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, args.seconds)
+        return
+    if args.phones_only:
+        phones_cost(args.seconds, args.repeats)
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; timings are noisy on a shared CPU")
@@ -108,6 +163,7 @@ def main() -> None:
           "  (target <= 1.15)")
     print(f"ours / single pass (Hallo) = {best['ours'] / best['single_pass']:.3f} best, "
           f"{median['ours'] / median['single_pass']:.3f} median")
+    phones_cost(args.seconds, args.repeats, wav2vec2_rtf=best["ours"] / args.seconds)
 
     print("peak RSS in fresh subprocesses (MiB): mode, seconds, RSS before encoding, peak while encoding, output tensor")
     peaks = {}
