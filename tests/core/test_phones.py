@@ -132,6 +132,21 @@ def test_p_is_decoded_where_espeak_says_it(pop_bob_mom, phones):
         assert min((abs(start - said) for start in lips), default=math.inf) <= 0.040
 
 
+@pytest.mark.parametrize("voice,text", [("de", "Mama, Oma, Ampel"), ("fr", "maman, pomme, mamie"),
+                                        ("es", "mamá, mamá, mamá")])
+def test_speech_that_is_not_english_gets_the_nearest_english_phones(phones, voice, text):
+    samples, rate, phonemes = espeak_with_timing(text, voice=voice)
+    audio = load_audio(samples.astype(np.float32) / 32768, rate)
+    lips = [start for p, start, _ in _decoded(phones, audio) if p in LIP_PHONES]
+    said_m = [t for p, t in phonemes if p == "m"]
+    said_lips = [t for p, t in phonemes if p in ("m", "p", "b")]
+    assert len(said_m) >= 4, phonemes
+    for said in said_m:
+        assert min((abs(start - said) for start in lips), default=math.inf) <= 0.040, (said, lips)
+    for start in lips:
+        assert min(abs(start - said) for said in said_lips) <= 0.040, (start, phonemes)
+
+
 def test_video_frames_show_lips_closed_at_b_and_m_and_open_at_the_vowels(pop_bob_mom, phones):
     audio, starts = pop_bob_mom
     features = phones.encode(audio, 25)[:, 0]  # [F, P]
