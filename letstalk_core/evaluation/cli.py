@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..encoder_names import AUDIO_ENCODER_HELP
 from ..files import atomic_write_text
+from ..framing import DEFAULT_CROP_MARGIN
 
 
 def _identities(text: str):
@@ -43,8 +44,10 @@ def add_parser(subparsers) -> None:
                              "by `prepare` (its held-out clips); each clip's first frame is the portrait, its own "
                              "speech the audio, and the made video is compared with the real one")
     parser.add_argument("--max-clips", type=int, default=None, help="with --videos: evaluate at most this many clips")
-    parser.add_argument("--margin", type=float, default=0.3,
-                        help="with a folder of videos: the face crop's margin, as `prepare --margin` (default 0.3)")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="with a folder of videos: the face crop's margin, as `prepare --margin` (default: the "
+                             "margin the checkpoint's training frames had, as generate frames a portrait, else "
+                             f"{DEFAULT_CROP_MARGIN:g})")
     parser.add_argument("--audio", nargs="+", default=None,
                         help="speech files to use instead of held-out espeak-ng speech (paired with identities in turn)")
     parser.add_argument("--identities", type=_identities, default=4,

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from ..framing import DEFAULT_CROP_MARGIN
 from .metrics import MouthMeter, frame_changes, seam_ratio, structure_error, sync_correlation
 
 __all__ = ["RealClip", "REAL_TARGETS", "load_real_clips", "evaluate_videos", "format_real_report"]
@@ -49,8 +50,9 @@ class RealClip:
     mouth_box: tuple[int, int, int, int]  # top, bottom, left, right in pixels of the crop
 
 
-def load_real_clips(folder: Path, size: int, *, margin: float = 0.3, fps: int = 25, work_dir: Optional[Path] = None,
-                    log: Callable[[str], None] = lambda message: None) -> tuple[list[RealClip], list[tuple[str, str]]]:
+def load_real_clips(folder: Path, size: int, *, margin: float = DEFAULT_CROP_MARGIN, fps: int = 25,
+                    work_dir: Optional[Path] = None, log: Callable[[str], None] = lambda message: None
+                    ) -> tuple[list[RealClip], list[tuple[str, str]]]:
     """The clips to evaluate and the ones left out with why: a ``prepare`` folder's held-out clips (at the
     frame rate they were prepared at), or every video of a plain folder (prepared into ``work_dir`` first,
     at ``fps``)."""
@@ -106,7 +108,7 @@ def evaluate_videos(
     portrait_cfg: Optional[float] = None,
     overlap_frames: Optional[int] = None,
     max_clips: Optional[int] = None,
-    margin: float = 0.3,
+    margin: Optional[float] = None,
     vae=None,
     audio_encoder=None,
     device: str = "cpu",
@@ -115,10 +117,13 @@ def evaluate_videos(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (path, ``LetsTalkPipeline`` or None for the bundled model) on real clips.
 
+    A folder of videos is face-cropped with ``margin`` (None: the margin the checkpoint's training frames
+    had, as the pipeline frames a portrait, see ``pipeline.crop_margin``).
+
     Returns ``settings``, ``metrics``, ``checks`` (each target with pass/fail), ``clips`` (per clip) and
     ``left_out`` (clips not evaluated, with the reason). Raises ValueError when no clip can be evaluated.
     """
-    from ..pipeline import LetsTalkPipeline
+    from ..pipeline import LetsTalkPipeline, crop_margin
     from ..sampling.options import check_overrides
     from .runner import _StepCounter, _clip_starts, _clips, _generate, _nanmean, _pooled_seams, _vae_round_trip, checks
 
@@ -133,6 +138,7 @@ def evaluate_videos(
     options = pipe.options(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
                            overlap_frames=overlap_frames)  # the checkpoint's recommendation where None
     overlap_frames, steps = options.overlap_frames, options.steps
+    margin = crop_margin(pipe.checkpoint, margin)
 
     with tempfile.TemporaryDirectory(prefix="letstalk-evaluate-") as work:
         clips, left_out = load_real_clips(Path(videos), size, margin=margin, fps=round(options.fps),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..framing import DEFAULT_CROP_MARGIN
 from .codecs import LatentCodec
 
 __all__ = [
@@ -310,7 +311,8 @@ def center_crop_box(image_size: tuple[int, int]) -> CropBox:
     return (x0, y0, x0 + side, y0 + side)
 
 
-def face_crop_box(face_box: FaceBox, image_size: tuple[int, int], *, margin: float = 0.5, fit: str = "shift") -> CropBox:
+def face_crop_box(face_box: FaceBox, image_size: tuple[int, int], *, margin: float = DEFAULT_CROP_MARGIN,
+                  fit: str = "shift") -> CropBox:
     """A square around ``face_box`` whose side is ``max(face w, face h) * (1 + 2 * margin)``.
 
     ``fit="shift"`` moves (and if needed shrinks) the square to lie inside the image; ``fit="pad"`` keeps
@@ -368,7 +370,7 @@ def prepare_portrait(
     image: Any,
     resolution: int,
     *,
-    margin: float = 0.5,
+    margin: float = DEFAULT_CROP_MARGIN,
     on_no_face: str = "center",
     detector: Union[str, Detector, None] = "mtcnn",
     fit: str = "shift",

@@ -29,6 +29,7 @@ from ..audio import (NAMED_ENCODERS, AudioFeatures, audio_encoder_from_state_dic
 from ..audio.encoder_base import AudioEncoder
 from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint, load_checkpoint
+from ..framing import DEFAULT_CROP_MARGIN
 from ..latents import LatentCodec, encode_portrait, images_to_comfy, load_vae, paste_back
 from ..latents.portrait import PortraitCrop
 from ..sampling import ClipLatents, iter_video_clips
@@ -37,7 +38,6 @@ from ..video import Mp4Writer
 
 log = logging.getLogger("letstalk")
 
-DEFAULT_CROP_MARGIN = 0.5  # for checkpoints that do not record the margin of their training crops
 # the checkpoints bundled with the pack: the real-face demo model (128 px, TAEF2), used when no checkpoint is
 # named, and the older cartoon model (64 px, synthetic faces only), a second choice (models/README.md)
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "letstalk-demo.safetensors"
@@ -141,7 +141,8 @@ def sampling_options(ckpt: LetsTalkCheckpoint, options: SamplingOptions | None =
 
 def crop_margin(ckpt: LetsTalkCheckpoint, margin: float | None = None) -> float:
     """``margin`` when given, else the face-crop margin the checkpoint's training frames had (``prepare
-    --margin``), else 0.5: a portrait is framed as the model saw faces in training."""
+    --margin``), else :data:`~letstalk_core.framing.DEFAULT_CROP_MARGIN`: a portrait is framed as the model
+    saw faces in training."""
     if margin is not None:
         return margin
     return DEFAULT_CROP_MARGIN if ckpt.crop_margin is None else ckpt.crop_margin
@@ -481,7 +482,8 @@ class LetsTalkPipeline:
 
     @property
     def crop_margin(self) -> float:
-        """The face-crop margin the checkpoint was trained with (``prepare --margin``), else 0.5."""
+        """The face-crop margin the checkpoint was trained with (``prepare --margin``), else
+        :data:`~letstalk_core.framing.DEFAULT_CROP_MARGIN`."""
         return crop_margin(self.checkpoint)
 
     def options(self, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..encoder_names import AUDIO_ENCODER_HELP, named_encoder
+from ..framing import DEFAULT_CROP_MARGIN
 
 
 def add_parser(subparsers) -> None:
@@ -24,8 +25,10 @@ def add_parser(subparsers) -> None:
                          help="what to do when no face is found: skip the video (default) or centre-crop it")
     prepare.add_argument("--no-face-detection", action="store_true",
                          help="do not detect faces; centre-crop every video (implies --on-no-face center)")
-    prepare.add_argument("--margin", type=float, default=0.5,
-                         help="fraction of the face size added on every side of the face box (default 0.5)")
+    prepare.add_argument("--margin", type=float, default=DEFAULT_CROP_MARGIN,
+                         help="fraction of the face size added on every side of the face box "
+                              f"(default {DEFAULT_CROP_MARGIN:g}; the checkpoint records it, and inference frames "
+                              "portraits alike)")
     prepare.add_argument("--holdout-fraction", type=float, default=0.25,
                          help="share of each folder's clips held out of training for evaluation (default 0.25; "
                               "folders of fewer than 4 clips are all trained on); the manifest records the split")

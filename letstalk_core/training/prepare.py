@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..files import atomic_write, atomic_write_text
+from ..framing import DEFAULT_CROP_MARGIN
 from ..video import iter_video_frames
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def prepare_dataset(
     vae: str | os.PathLike | None = None,
     on_no_face: str = "skip",
     detector: Any = "mtcnn",
-    margin: float = 0.5,
+    margin: float = DEFAULT_CROP_MARGIN,
     min_frames: int = 2,
     holdout_fraction: float = 0.25,
     progress: Optional[Callable[[int, int, str], None]] = None,

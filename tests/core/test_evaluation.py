@@ -390,3 +390,38 @@ def test_evaluate_videos_refuses_an_empty_folder_and_a_wrong_size(bundle, tmp_pa
         evaluate_videos(prepared, bundle, max_clips=0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1 .*, got 0"):
         evaluate_videos(prepared, bundle, steps=0)
+
+
+def test_evaluate_videos_crops_with_the_margin_the_checkpoint_records(bundle, tmp_path, monkeypatch):
+    """A folder of videos is face-cropped as the pipeline frames a portrait: with the margin the checkpoint's
+    training frames had, else the one default; --margin / margin= still choose another."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from letstalk_core.evaluation import real
+    from letstalk_core.framing import DEFAULT_CROP_MARGIN
+
+    with safe_open(str(bundle), framework="pt") as stored:
+        metadata, tensors = dict(stored.metadata()), {key: stored.get_tensor(key) for key in stored.keys()}
+    training = json.loads(metadata.get("training", "{}"))
+    assert "crop_margin" not in training  # the tiny bundle records none: the default applies to it
+    metadata["training"] = json.dumps({**training, "crop_margin": 0.2})  # as training on `prepare --margin 0.2`
+    recorded = tmp_path / "trained_on_margin_0.2.safetensors"
+    save_file(tensors, str(recorded), metadata=metadata)
+
+    margins = []
+
+    def crop_nothing(folder, size, *, margin, **kwargs):  # stands in for the face crop of the videos
+        margins.append(margin)
+        return [], [("a.mp4", "stopped by the test after the crop margin was chosen")]
+
+    monkeypatch.setattr(real, "load_real_clips", crop_nothing)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for checkpoint, margin in ((recorded, None), (bundle, None), (recorded, 0.4)):
+        with pytest.raises(ValueError, match="stopped by the test"):
+            evaluate_videos(videos, checkpoint, margin=margin)
+    assert margins == [0.2, DEFAULT_CROP_MARGIN, 0.4]
+    for extra in ([], ["--margin", "0.35"]):
+        assert main(["evaluate", "--checkpoint", str(recorded), "--videos", str(videos), "--no-progress", *extra]) == 2
+    assert margins[3:] == [0.2, 0.35]
