@@ -28,9 +28,10 @@ SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 FFMPEG_EXTENSIONS = {".mp3", ".m4a", ".aac", ".opus", ".wma", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg"}
 MAX_CHANNELS = 8
 MIN_RATE, MAX_RATE = 1_000, 384_000
+ACCEPTED_FILES = f"an audio or video file ({', '.join(sorted(SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS))})"
 ACCEPTED_INPUTS = (
-    "a ComfyUI AUDIO dict {'waveform': tensor [B, C, T], 'sample_rate': int}, a path to an audio or video "
-    f"file ({', '.join(sorted(SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS))}), or a numpy array / torch tensor "
+    "a ComfyUI AUDIO dict {'waveform': tensor [B, C, T], 'sample_rate': int}, a path to "
+    f"{ACCEPTED_FILES}, or a numpy array / torch tensor "
     f"[T], [C, T] or [T, C] (at most {MAX_CHANNELS} channels; float in -1..1, or int16/int32 PCM) together "
     f"with its sample rate ({MIN_RATE}..{MAX_RATE} Hz)"
 )
@@ -107,9 +108,9 @@ def decode_with_ffmpeg(path: Path, source: str | None = None) -> tuple[torch.Ten
     message = decoded.stderr.decode(errors="replace").strip()
     if decoded.returncode != 0 or not decoded.stdout:
         if "matches no streams" in message:
-            raise ValueError(f"{source} has no audio track; give a file with speech")
+            raise ValueError(f"{source} has no audio track; give {ACCEPTED_FILES} with speech")
         raise ValueError(
-            f"{source} is not a readable audio or video file (unknown format): {message[-300:]}; accepted: {ACCEPTED_INPUTS}"
+            f"{source} is not a readable audio or video file (unknown format): {message[-300:]}; give {ACCEPTED_FILES}"
         )
     return _parse_float_wav(decoded.stdout, source)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from comfy_api.latest import io
+from server import PromptServer
 
 from letstalk_core.audio import AudioEncoder, load_audio_encoder, wav2vec2_encoder_from_state_dict
 from letstalk_core.pipeline import SpeechConditioning
@@ -83,7 +84,7 @@ class EncodeAudio(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LetsTalkEncodeAudio",
-            display_name="LetsTalk Encode Audio (lip sync)",
+            display_name="LetsTalk Encode Speech (lip sync)",
             category="LetsTalk",
             description="Speech -> LetsTalk audio conditioning (encoder features per video frame), and the number "
                         "of video frames the speech spans.",
@@ -103,6 +104,7 @@ class EncodeAudio(io.ComfyNode):
                 io.Int.Output(display_name="frame_count",
                               tooltip="How many video frames the speech lasts (its seconds x fps, rounded up)."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -110,4 +112,6 @@ class EncodeAudio(io.ComfyNode):
         encoder = as_letstalk_encoder(audio_encoder)
         load_to_device(encoder)
         speech = SpeechConditioning(audio, encoder, fps)
+        if speech.warning is not None:  # logged by the core; shown on this node too
+            PromptServer.instance.send_progress_text(f"LetsTalk: {speech.warning}", cls.hidden.unique_id)
         return io.NodeOutput(speech, speech.num_frames)

@@ -60,6 +60,9 @@ def latent_scaling_factor(ckpt: LetsTalkCheckpoint) -> float:
     return LATENT_SCALING_BY_CHANNELS[channels]
 
 
+SHORT_SPEECH_SECONDS = 0.5  # shorter speech still runs, with a warning: about one syllable
+
+
 class SpeechConditioning:
     """Speech with the encoder that turns it into features; the features for a clip length are computed
     once, when first asked for (padding to whole clips depends on the model's ``frames_per_clip``)."""
@@ -75,6 +78,12 @@ class SpeechConditioning:
         self.fps = as_fps(fps)
         self.num_frames = speech_frame_count(self.speech, self.fps)
         self._features: dict[int | None, AudioFeatures] = {}
+        self.warning = None  # a line for whoever shows it (the node), also logged
+        if self.speech.seconds < SHORT_SPEECH_SECONDS:
+            self.warning = (f"{self.speech.source} lasts only {self.speech.seconds:.2f} s, so the video will be "
+                            f"{self.num_frames} frames long; a mouth that moves with words needs at least "
+                            f"{SHORT_SPEECH_SECONDS:g} s of speech")
+            log.warning(self.warning)
 
     def features(self, frames_per_clip: int | None = None) -> AudioFeatures:
         if frames_per_clip not in self._features:

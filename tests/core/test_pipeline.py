@@ -243,6 +243,29 @@ def test_generate_cli(assets, tmp_path):
     assert bad.returncode != 0 and "steps must be an integer >= 1" in bad.stderr
 
 
+def test_generate_cli_speaks_of_files_and_warns_of_very_short_speech(assets, tmp_path):
+    def generate(audio, out):
+        return subprocess.run(
+            [sys.executable, "-m", "letstalk_core", "generate", "--checkpoint", str(assets["bundle"]),
+             "--image", str(assets["portrait"]), "--audio", str(audio), "--out", str(out),
+             "--sampler", "ddim", "--steps", "1"],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("this is what I will say\n" * 50)
+    refused = generate(notes, tmp_path / "refused.mp4")
+    assert refused.returncode == 2
+    assert f"audio file '{notes}' has no audio track" in refused.stderr  # ffmpeg reads text as a video
+    assert "give an audio or video file (.aac" in refused.stderr and "ComfyUI" not in refused.stderr
+    assert not (tmp_path / "refused.mp4").exists()
+    short = write_speech(tmp_path / "short.wav", 0.3)
+    result = generate(short, tmp_path / "short.mp4")
+    assert result.returncode == 0, result.stderr
+    assert "lasts only 0.30 s, so the video will be 8 frames long" in result.stderr
+    assert probe(tmp_path / "short.mp4").frame_count == 8
+    assert "lasts only" not in generate(assets["speech"], tmp_path / "long.mp4").stderr
+
+
 @pytest.mark.parametrize("kind", ["wav2vec2", "whisper"])
 def test_bundle_carrying_its_audio_encoder_is_enough(assets, tmp_path, kind):
     """`generate --checkpoint X --image --audio --out` needs nothing else when X bundles its encoder."""
