@@ -6,7 +6,9 @@ Times one float32 forward under torch.no_grad of
 counts the FLOPs analytically (matmuls, attention, convolutions; elementwise work not counted) and
 prints the achieved GFLOP/s as a fraction of the machine's own float32 matmul rate, measured in the
 same run with a large torch.mm. Peak memory is the resident-set growth during the forward.
-Also checks that the same code still matches the authors' fixture outputs.
+Also checks that the same code still matches the authors' fixture outputs, and times the model's other
+``inference_path``, "blocks" (the same block code on the whole batch, unchunked), against the chunked one
+in adjacent pairs: the ratio says whether the chunked switch still wins on this machine.
 
     .venv/bin/python bench/transformer.py [--repeats 3] [--threads N]
 
@@ -137,12 +139,26 @@ def bench_model(name: str, config: dict, height: int, width: int, frames: int, m
                 faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     ratios = sorted(flops / t / 1e9 / r for t, r in zip(times, rates))
     best = min(times)
+    path_ratios = []  # "blocks" / "chunked" forward time, adjacent pairs
+    with torch.no_grad():
+        for _ in range(repeats):
+            times_by_path = {}
+            for path in ("blocks", "chunked"):
+                model.inference_path = path
+                start = time.perf_counter()
+                model(latents, timestep, portrait, audio, memory)
+                times_by_path[path] = time.perf_counter() - start
+            path_ratios.append(times_by_path["blocks"] / times_by_path["chunked"])
+    model.inference_path = "auto"
+    path_ratios.sort()
     print(f"{name}: {flops / 1e9:.1f} GFLOP; forward best {best:.2f} s / median {sorted(times)[len(times) // 2]:.2f} s "
           f"of {repeats} = {flops / best / 1e9:.1f} GFLOP/s; matmul best {max(rates):.1f} GFLOP/s")
     print(f"  achieved / matmul rate: best forward vs best matmul {flops / best / 1e9 / max(rates):.2f}; "
           f"per adjacent pair median {ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}; "
           f"peak memory +{memory_probe.peak / 2**20:.0f} MiB; minor page faults per forward: median "
           f"{sorted(faults)[len(faults) // 2]}")
+    print(f"  inference_path 'blocks' / 'chunked' forward time per adjacent pair: median "
+          f"{path_ratios[len(path_ratios) // 2]:.2f}, min {path_ratios[0]:.2f} (above 1: chunked is faster here)")
 
 
 def fixture_check() -> None:

@@ -58,8 +58,13 @@ def modulated_linear(x: torch.Tensor, module: nn.Linear, shift: torch.Tensor | N
     with the modulation folded into the weights (``fold_modulation``)."""
     if shift is None:
         return apply_linear(module, x)
+    return per_sample_linear(x, *fold_modulation(module, shift, scale))
+
+
+def per_sample_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x ``[B, ..., D]`` through sample b's own weight ``[B, out, D]`` and bias ``[B, out]`` (as
+    ``fold_modulation`` makes them) -> ``[B, ..., out]``."""
     batch, dim = x.shape[0], x.shape[-1]
-    weight, bias = fold_modulation(module, shift, scale)
     if batch == 1:
         return linear(x, weight[0], bias[0])
     out = torch.baddbmm(bias[:, None, :], x.reshape(batch, -1, dim), weight.transpose(1, 2))  # [B, L, out]
@@ -82,33 +87,27 @@ class _SoftmaxHeads(nn.Module):
 class TemporalAttention(_SoftmaxHeads):
     """Softmax self-attention along the frame axis, separately for every spatial position.
 
-    Input ``[B, T, N, D]`` (T frames of N tokens), output ``[B, N, T, D]``; one fused qkv projection.
+    Input and output ``[B, T, n, D]`` (T frames of n tokens, frames first as the tokens are stored);
+    one fused qkv projection.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[B, T, N, D]`` -> ``[B, N, T, D]`` (frame axis second-to-last, as computed; the caller
-        transposes once when adding the residual)."""
+        """x ``[B, T, n, D]`` -> ``[B, T, n, D]``."""
+        return apply_linear(self.to_out, self.attend(x))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[B, T, n, D]`` -> attention output ``[B, T, n, D]`` before ``to_out``. The projection
+        runs on the stored order and the attention reads q, k and v through strided views (copied
+        only to merge a batch of several samples); the CPU kernel writes its output in the query's
+        memory order, so for one sample neither side needs a transposed copy."""
         batch, frames, tokens, dim = x.shape
         heads = self.num_heads
-        # attend over frames: move the frame axis next to the features once, before the projection
-        x = x.transpose(1, 2).reshape(batch * tokens, frames, dim)  # [B*N, T, D]
-        qkv = apply_linear(self.to_qkv, x).view(batch * tokens, frames, 3, heads, dim // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B*N, h, T, d]
-        out = F.scaled_dot_product_attention(q, k, v)  # [B*N, h, T, d]
-        out = out.transpose(1, 2).reshape(batch, tokens, frames, dim)  # [B, N, T, D]
-        return apply_linear(self.to_out, out)
-
-    def attend_frame_major(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference layout: x ``[T, n, D]`` (frames first, as the tokens are stored) -> attention
-        output ``[T, n, D]`` before ``to_out``, in the same layout. The projection runs on the stored
-        order and the attention reads q, k and v through strided views; the CPU kernel writes its
-        output in the query's memory order, so neither side needs a transposed copy."""
-        frames, tokens, dim = x.shape
-        heads = self.num_heads
-        qkv = apply_linear(self.to_qkv, x).view(frames, tokens, 3, heads, dim // heads)  # [T, n, 3, h, d]
-        q, k, v = qkv.permute(2, 1, 3, 0, 4).unbind(0)  # each [n, h, T, d], strided
-        out = F.scaled_dot_product_attention(q, k, v)  # [n, h, T, d]
-        return out.permute(2, 0, 1, 3).reshape(frames, tokens, dim)  # [T, n, D]; a view when frame-major
+        qkv = apply_linear(self.to_qkv, x).view(batch, frames, tokens, 3, heads, dim // heads)  # [B, T, n, 3, h, d]
+        q, k, v = (part.reshape(batch * tokens, heads, frames, dim // heads)  # each [B*n, h, T, d]
+                   for part in qkv.permute(3, 0, 2, 4, 1, 5).unbind(0))
+        out = F.scaled_dot_product_attention(q, k, v)  # [B*n, h, T, d]
+        out = out.view(batch, tokens, heads, frames, dim // heads).permute(0, 3, 1, 2, 4)  # [B, T, n, h, d]
+        return out.reshape(batch, frames, tokens, dim)  # a view when frame-major
 
 
 class AudioCrossAttention(nn.Module):

@@ -19,7 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .attention import (AudioCrossAttention, LinearAttention, SpatialAttention, TemporalAttention, apply_linear,
-                        fold_modulation, linear, modulated_linear)
+                        fold_modulation, linear, modulated_linear, per_sample_linear)
 from .configs import VARIANTS
 from .embeddings import spatial_table, temporal_table
 
@@ -34,9 +34,9 @@ def gelu_tanh_(x: torch.Tensor, rows_per_pass: int = 1024) -> torch.Tensor:
     float32 uses the identity ``0.5 (1 + tanh(u)) = sigmoid(2u)``: ``x * sigmoid(2 sqrt(2/pi)
     (x + 0.044715 x^3))`` is the same function, and the CPU's vectorised sigmoid is much cheaper
     than its tanh; row blocks of ``rows_per_pass`` keep the temporary in cache across the passes.
-    Other dtypes (and non-contiguous tensors) use ``torch.nn.functional.gelu``'s kernel.
+    Other dtypes and devices (and non-contiguous tensors) use ``torch.nn.functional.gelu``'s kernel.
     """
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.numel() == 0:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous() or x.numel() == 0:
         return torch.ops.aten.gelu_(x, approximate="tanh")
     rows = x.view(-1, x.shape[-1])  # [R, H]
     scratch = torch.empty(min(rows_per_pass, rows.shape[0]), rows.shape[1], dtype=x.dtype, device=x.device)
@@ -66,11 +66,15 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """x ``[B, ..., D]``, optionally modulated by per-sample shift/scale ``[B, D]``."""
-        hidden = modulated_linear(x, self.fc_in, shift, scale)  # [B, ..., H]
+        return self.activate_and_project(modulated_linear(x, self.fc_in, shift, scale))  # [B, ..., D]
+
+    def activate_and_project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden ``[..., H]``: output of ``fc_in`` (possibly with folded modulation; overwritten at
+        inference) -> ``[..., D]``."""
         if hidden.requires_grad:
             hidden = F.gelu(hidden, approximate="tanh")
         else:  # inference: in place, which spares allocating (and page-faulting) another large buffer
-            hidden = torch.ops.aten.gelu_(hidden, approximate="tanh")
+            hidden = gelu_tanh_(hidden)
         return apply_linear(self.fc_out, hidden)
 
 
@@ -127,108 +131,89 @@ class LetsTalkBlock(nn.Module):
 
     def forward(
         self,
-        memory: torch.Tensor,  # [B, K, N, D]
-        video: torch.Tensor,  # [B, F, N, D]
-        portrait: torch.Tensor,  # [B, F, N, D]
-        time_features: torch.Tensor,  # [B, D], SiLU of the timestep embedding
-        audio_tokens: torch.Tensor,  # [B*F, M, Da]
-        grid: tuple[int, int],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch, frames, tokens, dim = video.shape
-        memory_frames = memory.shape[1]
-        modulation = self.modulation(time_features).view(batch, 6, dim)
-        shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = modulation.unbind(1)  # each [B, D]
-        gate_attn, gate_ff = gate_attn[:, None, None], gate_ff[:, None, None]  # [B, 1, 1, D]
-
-        # 1. temporal attention over [memory, clip] frames; the only step that updates the memory tokens
-        sequence = torch.cat([memory, video], dim=1) if memory_frames else video  # [B, K+F, N, D]
-        residual = self.temporal_out(self.temporal_attn(self.temporal_norm(sequence))).transpose(1, 2)  # [B, T, N, D]
-        sequence = sequence + residual if memory_frames == 0 or residual.requires_grad else sequence.add_(residual)
-        memory, video = sequence[:, :memory_frames], sequence[:, memory_frames:]
-
-        # 2. audio cross-attention, per frame
-        flat_video = video.reshape(batch * frames, tokens, dim)  # [B*F, N, D]
-        normed = F.layer_norm(flat_video, (dim,), eps=1e-6)
-        flat_video = flat_video + self.audio_attn(normed, audio_tokens)
-
-        # 3. spatial attention over each frame's video + portrait tokens
-        joint = torch.cat([flat_video.view(batch, frames, tokens, dim), portrait], dim=2)  # [B, F, 2N, D]
-        attended = self.spatial_attn(F.layer_norm(joint, (dim,), eps=1e-6), shift_attn, scale_attn)
-        attended = attended.view(batch, frames, 2 * tokens, dim)
-        joint = torch.addcmul(joint, gate_attn, attended) if attended.requires_grad else joint.addcmul_(gate_attn, attended)
-
-        # 4. feed-forward
-        if self.variant == "lite":
-            video, portrait = joint[:, :, :tokens], joint[:, :, tokens:]
-            update = self.feed_forward(F.layer_norm(video, (dim,), eps=1e-6), grid, shift_ff, scale_ff)
-            update = update.view(batch, frames, tokens, dim)
-            video = torch.addcmul(video, gate_ff, update) if update.requires_grad else video.addcmul_(gate_ff, update)
-        else:
-            update = self.feed_forward(F.layer_norm(joint, (dim,), eps=1e-6), shift_ff, scale_ff)
-            joint = torch.addcmul(joint, gate_ff, update) if update.requires_grad else joint.addcmul_(gate_ff, update)
-            video, portrait = joint[:, :, :tokens], joint[:, :, tokens:]
-        return memory, video, portrait
-
-    @torch.no_grad()
-    def forward_inference(
-        self,
-        state: torch.Tensor,  # [B, K+F, 2N, D], updated in place
+        state: torch.Tensor,  # [B, K+F, 2N, D]
         time_features: torch.Tensor,  # [B, D], SiLU of the timestep embedding
         audio_tokens: torch.Tensor,  # [B*F, M, Da]
         grid: tuple[int, int],
         memory_frames: int,
-        rows_per_chunk: int,
-    ) -> None:
-        """The same block as ``forward``, for inference, on the packed token layout of
-        ``LetsTalkTransformer``: frame t of ``state`` holds its video tokens (memory tokens for
-        t < K) in ``[:N]`` and, for clip frames, the portrait tokens in ``[N:]``.
+        rows_per_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """The block on the packed tokens of ``LetsTalkTransformer``: frame t of ``state`` holds its
+        video tokens (memory tokens for t < K) in ``[:N]`` and, for clip frames, the portrait tokens in
+        ``[N:]`` (unused, zero, in the memory frames). Returns the updated tokens ``[B, K+F, 2N, D]``.
 
-        Nothing is concatenated or transposed and the residuals are added in place. The temporal
-        step runs on chunks of spatial positions and the per-frame steps (audio, spatial attention,
-        feed-forward) on chunks of frames, each about ``rows_per_chunk`` tokens, and the GELU runs in
-        cache-sized row blocks (``gelu_tanh_``): the working buffers stay small, at the price of
-        more, smaller operations.
+        Each step reads its tokens and adds its residual to them: without autograd in place (the
+        result is ``state`` itself); with autograd on a copy of ``state``, each step reading a copy
+        of its tokens, since autograd keeps what a step read. Without autograd, ``rows_per_chunk``
+        (None: no chunks, the whole batch at once) runs each sample alone, the temporal step on chunks
+        of spatial positions and the per-frame steps (audio, spatial attention, feed-forward) on
+        chunks of frames, each about ``rows_per_chunk`` tokens: the working buffers stay small, at the
+        price of more, smaller operations (``LetsTalkTransformer.inference_path``).
         """
         batch, length, joint, dim = state.shape
-        tokens = joint // 2
-        frames = length - memory_frames
+        tokens, frames = joint // 2, length - memory_frames
         modulation = self.modulation(time_features).view(batch, 6, dim)
         shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = modulation.unbind(1)  # each [B, D]
-        out_weight, out_bias = self.merged_temporal_projection()
+        gate_attn, gate_ff = gate_attn[:, None, None], gate_ff[:, None, None]  # [B, 1, 1, D]
         attn_weight, attn_bias = fold_modulation(self.spatial_attn.to_qkv, shift_attn, scale_attn)  # [B, 3D, D], [B, 3D]
         lite = self.variant == "lite"
-        ff_in = self.feed_forward.expand if lite else self.feed_forward.fc_in
-        ff_weight, ff_bias = fold_modulation(ff_in, shift_ff, scale_ff)  # [B, H', D], [B, H']
+        ff_weight, ff_bias = fold_modulation(self.feed_forward.expand if lite else self.feed_forward.fc_in,
+                                             shift_ff, scale_ff)  # [B, H', D], [B, H']
         keys, values = self.audio_attn.keys_values(audio_tokens)  # each [B*F, h, M, d]
-        norm = self.temporal_norm
-        positions_per_chunk = _even_chunk(tokens, rows_per_chunk // length)
-        frames_per_chunk = _even_chunk(frames, rows_per_chunk // joint)
-        for b in range(batch):
-            # 1. temporal attention at each spatial position over [memory, clip] frames
-            stream = state[b, :, :tokens]  # [T, N, D]
+        autograd = torch.is_grad_enabled()
+        if autograd:
+            state = state.clone()  # the caller's tensor stays as it was (gradient checkpointing reruns on it)
+        if autograd or rows_per_chunk is None:
+            samples, positions_per_chunk, frames_per_chunk = [slice(0, batch)], tokens, frames
+        else:
+            samples = [slice(b, b + 1) for b in range(batch)]
+            positions_per_chunk = _even_chunk(tokens, rows_per_chunk // length)
+            frames_per_chunk = _even_chunk(frames, rows_per_chunk // joint)
+
+        def read(where) -> torch.Tensor:
+            return state[where].clone() if autograd else state[where]
+
+        def add(where, update, gate=None) -> None:
+            target = state[where]
+            target.add_(update) if gate is None else target.addcmul_(gate, update)
+
+        for sample in samples:
+            # 1. temporal attention at each spatial position over [memory, clip] frames; the only step
+            # that updates the memory tokens
             for start in range(0, tokens, positions_per_chunk):
-                part = stream[:, start:start + positions_per_chunk]  # [T, n, D]
-                attended = self.temporal_attn.attend_frame_major(
-                    F.layer_norm(part, (dim,), norm.weight, norm.bias, norm.eps))  # [T, n, D]
-                part.add_(linear(attended, out_weight, out_bias))
+                where = (sample, slice(None), slice(start, min(tokens, start + positions_per_chunk)))  # [b, T, n, D]
+                normed = self.temporal_norm(read(where))
+                add(where, self._temporal_projection(self.temporal_attn.attend(normed)))
             for start in range(0, frames, frames_per_chunk):
                 stop = min(frames, start + frames_per_chunk)
-                clip = state[b, memory_frames + start:memory_frames + stop]  # [c, 2N, D], contiguous
-                video = clip[:, :tokens]  # [c, N, D]
-                seqs = slice(b * frames + start, b * frames + stop)
-                # 2. audio cross-attention
-                video.add_(self.audio_attn.attend(F.layer_norm(video, (dim,), eps=1e-6), keys[seqs], values[seqs]))
-                # 3. spatial attention over video + portrait tokens
-                qkv = linear(F.layer_norm(clip, (dim,), eps=1e-6), attn_weight[b], attn_bias[b])  # [c, 2N, 3D]
-                clip.addcmul_(gate_attn[b], self.spatial_attn.attend_projected(qkv))
-                # 4. feed-forward
+                clip = (sample, slice(memory_frames + start, memory_frames + stop))  # [b, c, 2N, D]
+                video = (*clip, slice(0, tokens))  # [b, c, N, D]
+                seqs = slice(sample.start * frames + start, (sample.stop - 1) * frames + stop)  # b*c of B*F
+                # 2. audio cross-attention, per frame
+                normed = F.layer_norm(read(video), (dim,), eps=1e-6)  # [b, c, N, D]
+                attended = self.audio_attn.attend(normed.flatten(0, 1), keys[seqs], values[seqs])  # [b*c, N, D]
+                add(video, attended.view(normed.shape))
+                # 3. spatial attention over each frame's video + portrait tokens
+                normed = F.layer_norm(read(clip), (dim,), eps=1e-6)  # [b, c, 2N, D]
+                qkv = per_sample_linear(normed, attn_weight[sample], attn_bias[sample])  # [b, c, 2N, 3D]
+                attended = self.spatial_attn.attend_projected(qkv.flatten(0, 1))  # [b*c, 2N, D]
+                add(clip, attended.view(normed.shape), gate_attn[sample])
+                # 4. feed-forward: GLUMBConv on the video tokens (lite), else an MLP on video and portrait
+                where = video if lite else clip
+                normed = F.layer_norm(read(where), (dim,), eps=1e-6)  # [b, c, L, D]
+                hidden = per_sample_linear(normed, ff_weight[sample], ff_bias[sample]).flatten(0, 1)  # [b*c, L, H']
                 if lite:
-                    hidden = linear(F.layer_norm(video, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, N, 2H]
-                    video.addcmul_(gate_ff[b], self.feed_forward.mix_and_project(hidden, grid).view(video.shape))
+                    update = self.feed_forward.mix_and_project(hidden, grid)
                 else:
-                    hidden = linear(F.layer_norm(clip, (dim,), eps=1e-6), ff_weight[b], ff_bias[b])  # [c, 2N, H]
-                    hidden = gelu_tanh_(hidden)
-                    clip.addcmul_(gate_ff[b], apply_linear(self.feed_forward.fc_out, hidden))
+                    update = self.feed_forward.activate_and_project(hidden)
+                add(where, update.view(normed.shape), gate_ff[sample])
+        return state
+
+    def _temporal_projection(self, attended: torch.Tensor) -> torch.Tensor:
+        """``temporal_out(temporal_attn.to_out(attended))``; without autograd as one merged linear map."""
+        if torch.is_grad_enabled():
+            return self.temporal_out(self.temporal_attn.to_out(attended))
+        return linear(attended, *self.merged_temporal_projection())
 
     def merged_temporal_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``temporal_out(temporal_attn.to_out(x))`` as one linear map (weight ``[D, D]``, bias ``[D]``),
@@ -309,7 +294,7 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         self.final_modulation = nn.Linear(hidden_size, 2 * hidden_size)
         self.final_proj = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
         self._table_cache: dict[tuple, torch.Tensor] = {}
-        # tokens per chunk in the inference path (see LetsTalkBlock.forward_inference); None: 2048
+        # tokens per chunk of the chunked inference path (see rows_per_chunk); None: 2048
         self.inference_chunk_rows: int | None = None
         self._inference_path = "auto"
 
@@ -318,11 +303,12 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
 
     @property
     def inference_path(self) -> str:
-        """How a forward without autograd runs: ``"chunked"``, one packed token buffer updated in place
-        chunk by chunk with the qkv/feed-forward weights folded per sample (``bench/transformer.py``:
-        faster on a CPU); ``"blocks"``, the training blocks under ``no_grad`` (same numbers to float
-        rounding); ``"auto"`` (default), chunked on a CPU and blocks elsewhere, until a GPU benchmark
-        says the chunked path wins there too. A runtime choice, not saved with the weights."""
+        """How a forward without autograd runs the blocks (the same code either way, updating the packed
+        tokens in place): ``"chunked"``, one sample at a time in chunks of about ``inference_chunk_rows``
+        tokens (``bench/transformer.py``: faster on a CPU); ``"blocks"``, each block on the whole batch
+        at once, as training runs it (same numbers to float rounding); ``"auto"`` (default), chunked on
+        a CPU and blocks elsewhere, until a GPU benchmark says the chunked path wins there too. A
+        runtime choice, not saved with the weights."""
         return self._inference_path
 
     @inference_path.setter
@@ -439,10 +425,10 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
                     f"got {_shape(memory_latents)}"
                 )
 
-    def _run_blocks_inference(self, memory, video, portrait, time_features, audio, grid) -> torch.Tensor:
-        """All blocks without autograd, on one packed buffer ``[B, K+F, 2N, D]``: per frame the video
-        (or memory) tokens, then the portrait tokens (left unused, zero, in the memory frames).
-        Returns the final video tokens ``[B, F, N, D]`` (a view of the buffer)."""
+    def _pack_tokens(self, memory, video, portrait) -> torch.Tensor:
+        """memory ``[B, K, N, D]``, video and portrait ``[B, F, N, D]`` -> the packed tokens the blocks
+        run on, ``[B, K+F, 2N, D]``: per frame the video (or memory) tokens, then the portrait tokens
+        (left unused, zero, in the memory frames)."""
         batch, frames, tokens, dim = video.shape
         memory_frames = memory.shape[1]
         state = video.new_empty(batch, memory_frames + frames, 2 * tokens, dim)  # [B, K+F, 2N, D]
@@ -450,18 +436,20 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         state[:, :memory_frames, tokens:] = 0
         state[:, memory_frames:, :tokens] = video
         state[:, memory_frames:, tokens:] = portrait
-        rows_per_chunk = self.inference_chunk_rows
-        if rows_per_chunk is None:
-            # Chunks of ~2048 tokens keep every working buffer under glibc's largest mmap threshold
-            # (32 MiB). Unchunked, the feed-forward and qkv buffers of an S model at 256 px (40-50 MiB)
-            # are mmapped and unmapped on every block: ~220k-400k page faults, 0.3-0.8 s of a ~4-5 s
-            # forward on the 2-core test machine. Chunked, the heap reuses them (once glibc's threshold
-            # is up: letstalk_core.heap.keep_working_buffers_on_heap); on one thread and on two, 2048 measured as
-            # fast as 4096 or faster (bench/transformer.py).
-            rows_per_chunk = 2048
-        for block in self.blocks:
-            block.forward_inference(state, time_features, audio, grid, memory_frames, rows_per_chunk)
-        return state[:, memory_frames:, :tokens]
+        return state
+
+    def rows_per_chunk(self, device: torch.device) -> int | None:
+        """Tokens per chunk of a forward without autograd on ``device`` (``LetsTalkBlock.forward``);
+        None where it runs unchunked."""
+        if not self.runs_chunked(device):
+            return None
+        # Chunks of ~2048 tokens keep every working buffer under glibc's largest mmap threshold
+        # (32 MiB). Unchunked, the feed-forward and qkv buffers of an S model at 256 px (40-50 MiB)
+        # are mmapped and unmapped on every block: ~220k-400k page faults, 0.3-0.8 s of a ~4-5 s
+        # forward on the 2-core test machine. Chunked, the heap reuses them (once glibc's threshold
+        # is up: letstalk_core.heap.keep_working_buffers_on_heap); on one thread and on two, 2048 measured as
+        # fast as 4096 or faster (bench/transformer.py).
+        return 2048 if self.inference_chunk_rows is None else self.inference_chunk_rows
 
     # ---- forward ---------------------------------------------------------------------------------
     def forward(
@@ -515,15 +503,14 @@ class LetsTalkTransformer(ModelMixin, ConfigMixin):
         time_features = F.silu(time_embedding)
         audio = audio_tokens.to(dtype).reshape(batch * frames, audio_tokens.shape[2], audio_tokens.shape[3])
 
-        if not torch.is_grad_enabled() and self.runs_chunked(device):  # packed tokens, updated in place
-            video = self._run_blocks_inference(memory, video, portrait, time_features, audio, grid)
-        else:
-            for block in self.blocks:
-                if self.gradient_checkpointing:
-                    memory, video, portrait = self._gradient_checkpointing_func(
-                        block, memory, video, portrait, time_features, audio, grid)
-                else:
-                    memory, video, portrait = block(memory, video, portrait, time_features, audio, grid)
+        state = self._pack_tokens(memory, video, portrait)  # [B, K+F, 2N, D]
+        rows_per_chunk = None if torch.is_grad_enabled() else self.rows_per_chunk(device)
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                state = self._gradient_checkpointing_func(block, state, time_features, audio, grid, memory_frames)
+            else:
+                state = block(state, time_features, audio, grid, memory_frames, rows_per_chunk)
+        video = state[:, memory_frames:, :tokens]  # [B, F, N, D]
 
         shift, scale = self.final_modulation(time_features).view(batch, 2, dim).unbind(1)  # each [B, D]
         out = modulated_linear(F.layer_norm(video, (dim,), eps=1e-6), self.final_proj, shift, scale)  # [B, F, N, p*p*2C]

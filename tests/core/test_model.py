@@ -24,7 +24,7 @@ from letstalk_core.checkpoints.official import (
 )
 from letstalk_core.model import AudioProjection, LetsTalkTransformer, spatial_table, temporal_table, transformer_config
 from letstalk_core.model.attention import LinearAttention
-from letstalk_core.model.transformer import GatedConvFeedForward
+from letstalk_core.model.transformer import GatedConvFeedForward, LetsTalkBlock
 
 INDEX = json.loads((FIXTURES / "index.json").read_text())
 VARIANTS = ["VDTcat", "VDTcatlong", "Litecatlong"]
@@ -251,18 +251,18 @@ def test_inference_path_is_a_named_setting(variant, monkeypatch):
     both paths give the same numbers."""
     model = _tiny(variant, depth=2).eval()
     inputs = _inputs(2, 3, 8, 8, 2)
-    taken = []
-    original = LetsTalkTransformer._run_blocks_inference
-    monkeypatch.setattr(LetsTalkTransformer, "_run_blocks_inference",
-                        lambda self, *args: taken.append(True) or original(self, *args))
+    chunks = []  # rows_per_chunk each block ran with
+    original = LetsTalkBlock.forward
+    monkeypatch.setattr(LetsTalkBlock, "forward",
+                        lambda self, *args: chunks.append(args[-1]) or original(self, *args))
     monkeypatch.setattr(heap, "_prepared", False)
     outputs = {}
     for path in ("auto", "chunked", "blocks"):
         model.inference_path = path
-        taken.clear()
+        chunks.clear()
         with torch.no_grad():
             outputs[path] = model(*inputs)
-        assert taken == ([True] if path != "blocks" else []), path
+        assert chunks == ([2048, 2048] if path != "blocks" else [None, None]), path
     assert not heap.heap_prepared()  # a forward leaves the process's allocator alone
     assert model.runs_chunked(torch.device("cpu")) is False  # "blocks" now
     model.inference_path = "auto"
