@@ -84,7 +84,7 @@ class EncodeAudio(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LetsTalkEncodeAudio",
-            display_name="LetsTalk Encode Speech (lip sync)",
+            display_name="LetsTalk Encode Speech (lipsync)",
             category="LetsTalk",
             description="Speech -> LetsTalk audio conditioning (encoder features per video frame), and the number "
                         "of video frames the speech spans.",

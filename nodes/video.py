@@ -55,7 +55,7 @@ class DecodeVideo(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LetsTalkDecodeVideo",
-            display_name="LetsTalk Decode Video",
+            display_name="LetsTalk Decode Talking Video",
             category="LetsTalk",
             description="Decodes the sampled video to frames, and gives the speech (trimmed to the frames) and "
                         "the frame rate, ready for Create Video -> Save Video.",
@@ -84,7 +84,7 @@ class DecodeVideoToFile(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LetsTalkDecodeVideoToFile",
-            display_name="LetsTalk Decode Video (streaming, long audio)",
+            display_name="LetsTalk Decode Talking Video (streaming, long audio)",
             category="LetsTalk",
             description="Decodes the latents a few frames at a time straight into an mp4 with the speech muxed in, "
                         "so even an hour of speech never holds its frames in memory. Gives a VIDEO for Save Video.",

@@ -126,10 +126,10 @@ def write_mp4(path, frames, fps=25, *, audio=None, sample_rate=None, **writer_op
 
 
 def options_named(message: str) -> list[tuple[str, str | None]]:
-    """The node options an error message tells the user to set: ``set NAME to 'VALUE'`` and a leading
-    ``NAME:`` (the input a message is about), as (name, value or None)."""
+    """The node options an error message tells the user to set: ``set NAME to 'VALUE'``, and a leading
+    ``NAME:`` or ``NAME must`` (the input a message is about), as (name, value or None)."""
     named = [(name, value) for name, value in re.findall(r"set (\w+) to '([^']*)'", message)]
-    named += [(name, None) for name in re.findall(r"^(\w+): ", message)]
+    named += [(name, None) for name in re.findall(r"^(\w+)(?::| must) ", message)]
     return named
 
 

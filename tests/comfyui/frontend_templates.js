@@ -1,31 +1,19 @@
 // Opens each of the pack's templates from ComfyUI's own template browser (Templates -> Extensions ->
-// ComfyUI-LetsTalk) in headless Chromium at 1600x1000, waits for the example media to load, and prints
+// ComfyUI-LetsTalk) in headless Chromium at 1400x900, waits for the example media to load, and prints
 // as JSON: per template, whether its thumbnail loaded, the nodes (type, position, size), node types the
 // front end does not know, and a screenshot path; then the widget values of a LetsTalk Sampler added
 // by hand (LiteGraph.createNode, what the node search adds), and what the node search box lists for
-// "talking head", "lip sync" and "talking avatar".
+// words a user might type ("talking head", "lipsync", "speech", "talking video"...).
 // usage: node frontend_templates.js CHROMIUM_PATH COMFYUI_URL SCREENSHOT_DIR TEMPLATE_NAME [...]
-const { chromium } = require('playwright-core');
+const { openComfyUI, findTemplateCard, openTemplate } = require('./frontend_browser.js');
 
 (async () => {
   const [executablePath, url, shots, ...names] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const { browser, page, errors } = await openComfyUI(executablePath, url, { width: 1400, height: 900 });
   try {
-    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
-    const errors = [];
-    page.on('pageerror', (error) => errors.push(String(error)));
-    await page.goto(url, { waitUntil: 'load', timeout: 120000 });
-    await page.waitForFunction(() => window.app && window.app.graph, null, { timeout: 120000 });
     const templates = {};
     for (const [index, name] of names.entries()) {
-      await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'));
-      await page.getByText('ComfyUI-LetsTalk', { exact: true }).first().click({ timeout: 30000 });
-      const card = page.getByText(name, { exact: true }).first();
-      await card.waitFor({ timeout: 30000 });
+      const card = await findTemplateCard(page, name);
       // the card's picture (the front end fetches it and shows it as a blob): the nearest image above the title
       const thumbnail = await (await page.waitForFunction((title) => {
         const label = [...document.querySelectorAll('*')].find((el) => el.children.length === 0
@@ -37,18 +25,30 @@ const { chromium } = require('playwright-core');
             const image = images[0];
             if (!image.complete) return false;  // still loading: ask again
             // a fetched thumbnail is shown as a blob; a missing one as the front end's default-template.png
-            return { src: image.currentSrc, width: image.naturalWidth };
+            return { src: image.currentSrc, width: image.naturalWidth, card: el.innerText };
           }
         }
         return false;
       }, name, { timeout: 30000 })).jsonValue();
-      await card.click();
-      await page.waitForFunction((count) => window.app.graph._nodes.length > 0, null, { timeout: 30000 });
-      await page.waitForTimeout(5000);  // the picture and the audio player load and the nodes grow
+      await openTemplate(page, card);
       const state = await page.evaluate(() => ({
         nodes: window.app.graph._nodes.map((n) => ({ id: n.id, type: n.type, pos: [...n.pos], size: [...n.size] })),
         unknown: window.app.graph._nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type),
         scale: window.app.canvas.ds.scale,
+        offset: [...window.app.canvas.ds.offset],
+        // the part of the canvas no bar covers: right of the side bar, below the top bars and the floating
+        // workflow and run panels; and the minimap's box in its corner
+        view: (() => {
+          const box = (selector) => { const el = document.querySelector(selector); return el && el.getBoundingClientRect(); };
+          const canvas = document.querySelector('#graph-canvas').getBoundingClientRect();
+          const side = box('.side-tool-bar-container');
+          const minimap = box('.litegraph-minimap') || box('.minimap-main-container');
+          const tops = [...document.querySelectorAll('.actionbar, .workflow-tabs-container, .p-toolbar, .comfyui-menu')]
+            .map((el) => el.getBoundingClientRect()).filter((r) => r.width > 0 && r.top < 200).map((r) => r.bottom);
+          return { left: side ? side.right : canvas.left, top: Math.max(canvas.top, ...tops), right: canvas.right,
+                   bottom: canvas.bottom, minimap: minimap && minimap.width > 0
+                     ? [minimap.left, minimap.top, minimap.right, minimap.bottom] : null };
+        })(),
       }));
       const shot = `${shots}/template_${index}.png`;
       await page.screenshot({ path: shot });
@@ -60,7 +60,7 @@ const { chromium } = require('playwright-core');
     });
     // the node search box, as a user opens it, for words a user might type
     const search = {};
-    for (const query of ['talking head', 'lip sync', 'talking avatar']) {
+    for (const query of ['talking head', 'lipsync', 'lip sync', 'speech', 'talking video', 'talking avatar']) {
       await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.SearchBox.Toggle'));
       const input = page.locator('.comfy-vue-node-search-container input').first();
       await input.waitFor({ timeout: 15000 });
