@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..framing import DEFAULT_CROP_MARGIN
+from .common import StepCounter, checks, clip_count, clip_starts, codec_round_trip, make_video, nanmean, pooled_seams
 from .metrics import MouthMeter, frame_changes, seam_ratio, structure_error, sync_correlation
 
 __all__ = ["RealClip", "REAL_TARGETS", "load_real_clips", "evaluate_videos", "format_real_report"]
@@ -125,7 +126,6 @@ def evaluate_videos(
     """
     from ..pipeline import LetsTalkPipeline, crop_margin
     from ..sampling.options import check_overrides
-    from .runner import _StepCounter, _clip_starts, _clips, _generate, _nanmean, _pooled_seams, _vae_round_trip, checks
 
     check_overrides(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
                     overlap_frames=overlap_frames)  # before the model loads
@@ -153,24 +153,25 @@ def evaluate_videos(
     fps = clips[0].fps
     options = options.replace(fps=fps)
 
-    through_codec = _vae_round_trip(pipe.vae)
+    through_codec = codec_round_trip(pipe.vae)
     videos_per_clip = 2 if len(clips) > 1 else 1  # its own speech, and another clip's for the floor
-    total = videos_per_clip * sum(_clips(clip.frames.shape[0], frames_per_clip, overlap_frames) for clip in clips) * steps
-    counter = _StepCounter(progress, total)
+    total = videos_per_clip * steps * sum(clip_count(clip.frames.shape[0], frames_per_clip, overlap_frames)
+                                          for clip in clips)
+    counter = StepCounter(progress, total)
     results, seams, made_seconds, made_frames = [], [], 0.0, 0
     for index, clip in enumerate(clips):
         portrait = (clip.frames[0] * 255.0).round().to(torch.uint8).numpy()  # [S, S, 3]: the clip's first frame
         meter = MouthMeter(clip.frames[0], clip.mouth_box)
         real_mouth = meter.raw(clip.frames)
         log(f"clip {index + 1}/{len(clips)} {clip.name}: its own speech")
-        made, took = _generate(pipe, portrait, clip.speech, options.replace(seed=options.seed + index),
+        made, took = make_video(pipe, portrait, clip.speech, options.replace(seed=options.seed + index),
                                counter=counter)
         made_seconds, made_frames = made_seconds + took, made_frames + made.shape[0]
         # the floor: the same portrait with the next clip's speech (another sentence), against this clip's mouth
         partner = clips[(index + 1) % len(clips)] if len(clips) > 1 else None
         if partner is not None:
             log(f"clip {index + 1}/{len(clips)} {clip.name}: the speech of {partner.name} (the floor)")
-            other, _ = _generate(pipe, portrait, partner.speech, options.replace(seed=options.seed + index),
+            other, _ = make_video(pipe, portrait, partner.speech, options.replace(seed=options.seed + index),
                                  counter=counter)
             floor = sync_correlation(meter.raw(other), real_mouth)
         else:
@@ -178,7 +179,7 @@ def evaluate_videos(
         length = min(made.shape[0], clip.frames.shape[0])
         real_through_codec = through_codec(clip.frames)
         seams.append(seam_ratio(frame_changes(made), frames_per_clip,
-                                _clip_starts(made.shape[0], frames_per_clip, overlap_frames)))
+                                clip_starts(made.shape[0], frames_per_clip, overlap_frames)))
         results.append({
             "clip": clip.name, "frames": int(length),
             "sync": sync_correlation(meter.raw(made[:length]), real_mouth[:length]),
@@ -189,12 +190,12 @@ def evaluate_videos(
             "seam_ratio": seams[-1]["ratio"], "seam_boundaries": seams[-1]["boundaries"],
         })
     metrics = {
-        "sync": _nanmean(r["sync"] for r in results),
-        "sync_floor": _nanmean(r["sync_floor"] for r in results),
-        "sync_ceiling": _nanmean(r["sync_ceiling"] for r in results),
-        "structure_error": _nanmean(r["structure_error"] for r in results),
-        "codec_structure_error": _nanmean(r["codec_structure_error"] for r in results),
-        "seam_ratio": _pooled_seams(seams)["ratio"],
+        "sync": nanmean(r["sync"] for r in results),
+        "sync_floor": nanmean(r["sync_floor"] for r in results),
+        "sync_ceiling": nanmean(r["sync_ceiling"] for r in results),
+        "structure_error": nanmean(r["structure_error"] for r in results),
+        "codec_structure_error": nanmean(r["codec_structure_error"] for r in results),
+        "seam_ratio": pooled_seams(seams)["ratio"],
         "seconds_per_video_second": made_seconds / max(made_frames / fps, 1e-9),
     }
     metrics["sync_above_floor"] = metrics["sync"] - metrics["sync_floor"]

@@ -16,8 +16,8 @@ user's audio files. Then:
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,21 +25,19 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..sampling import clip_plan
 from ..video.timing import frame_count
+from .common import (SAMPLE_RATE, Progress, StepCounter, checks, clip_count, clip_starts, codec_round_trip, make_video,
+                     nanmean, pooled_seams)
 from .metrics import MouthMeter, as_frames, drift_ratio, frame_changes, identity_errors, pearson, seam_ratio
 
 __all__ = ["TARGETS", "SAMPLER_TABLE", "EvalSample", "identity_seeds", "heldout_speech", "heldout_samples",
            "evaluate_checkpoint", "sampler_table", "checks", "format_report"]
 
 FPS = 25
-SAMPLE_RATE = 16_000
 HELDOUT_IDENTITY_START = 1_000_000
 # metric -> (comparison, threshold)
 TARGETS = {"sync": (">=", 0.7), "sync_floor": ("<=", 0.2), "seam_ratio": ("<=", 1.5), "drift_ratio": ("<=", 1.2)}
 SAMPLER_TABLE = (("ddpm", 250), ("ddim", 50), ("dpmpp_2m", 25), ("dpmpp_2m", 10))
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -133,46 +131,11 @@ def heldout_samples(identities=4, seconds: float = 4.0, audio: Sequence[str | Pa
     return samples
 
 
-# ------------------------------------------------------------------------------------------ generation
-class _StepCounter:
-    """Turns per-video ``progress(done, total)`` into one running count over the whole evaluation."""
-
-    def __init__(self, progress: Optional[Progress], total: int):
-        self.progress, self.total, self.done, self.base = progress, total, 0, 0
-
-    def video(self) -> Callable[[int, int], None]:
-        self.base = self.done
-
-        def step(done: int, total: int) -> None:
-            self.done = self.base + done
-            if self.progress is not None:
-                self.progress(self.done, self.total)
-
-        return step
-
-
+# ------------------------------------------------------------------------------------------ one evaluation
 def _portrait(identity_seed: int, size: int) -> np.ndarray:
     from ..training.synthetic.face import FacePose, render_face, sample_identity
 
     return render_face(sample_identity(identity_seed), FacePose(), size)  # [R, R, 3] uint8
-
-
-def _generate(pipe, portrait: np.ndarray, speech: np.ndarray, options, *, counter: _StepCounter,
-              on_chunk: Optional[Callable[[torch.Tensor], None]] = None,
-              keep: bool = True) -> tuple[Optional[torch.Tensor], float]:
-    """Generate the video for ``speech`` (16 kHz) with ``options`` (:class:`SamplingOptions`, its fps
-    too); returns (frames ``[F, H, W, 3]`` or None, seconds taken)."""
-    started = time.perf_counter()
-    conditions = pipe.prepare(portrait, torch.from_numpy(speech), fps=options.fps, crop=False,
-                              sample_rate=SAMPLE_RATE)
-    kept = []
-    for chunk in pipe.iter_frames(conditions, options, progress=counter.video()):
-        chunk = chunk.float().cpu()  # [n, H, W, 3]
-        if on_chunk is not None:
-            on_chunk(chunk)
-        if keep:
-            kept.append(chunk)
-    return (torch.cat(kept) if keep else None), time.perf_counter() - started
 
 
 def _render(identity_seed: int, speech: np.ndarray, size: int, num_frames: int, motion_seed: int) -> torch.Tensor:
@@ -185,43 +148,107 @@ def _render(identity_seed: int, speech: np.ndarray, size: int, num_frames: int, 
     return as_frames(np.stack([render_face(identity, motion.pose(i), size) for i in range(num_frames)]))
 
 
-def _vae_round_trip(codec) -> Callable[[torch.Tensor], torch.Tensor]:
-    from ..latents import images_to_comfy
-    from ..latents.codecs import images_from_comfy
+@dataclass
+class _Evaluation:
+    """What every step of one evaluation uses: the model, the held-out samples, the sampling options
+    (the checkpoint's recommendation where the caller said nothing) and the running step count."""
 
-    def through(frames: torch.Tensor) -> torch.Tensor:
-        latents = codec.encode(images_from_comfy(frames))  # [N, C, h, w]
-        return images_to_comfy(codec.decode(latents))  # [N, H, W, 3]
+    pipe: Any  # LetsTalkPipeline
+    samples: list[EvalSample]
+    options: Any  # SamplingOptions
+    counter: StepCounter
+    log: Callable[[str], None]
 
-    return through
+    @property
+    def size(self) -> int:
+        return self.pipe.resolution
+
+    @functools.cached_property
+    def through_codec(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return codec_round_trip(self.pipe.vae)
+
+    @property
+    def frames_per_clip(self) -> int:
+        return int(self.pipe.checkpoint.frames_per_clip)
+
+    def clip_count(self, num_frames: int) -> int:
+        return clip_count(num_frames, self.frames_per_clip, self.options.overlap_frames)
+
+    def clip_starts(self, num_frames: int) -> list[int]:
+        return clip_starts(num_frames, self.frames_per_clip, self.options.overlap_frames)
 
 
-def _nanmean(values) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+def _floor_partners(samples: list[EvalSample]) -> list[Optional[int]]:
+    """For each sample, another sample with different speech whose video serves as its floor; None where
+    no sample has other speech (a video with fresh held-out speech is then made for it)."""
+    partners: list[Optional[int]] = []
+    for i, sample in enumerate(samples):
+        others = [j for j in range(1, len(samples)) if samples[(i + j) % len(samples)].source != sample.source]
+        partners.append((i + others[0]) % len(samples) if others else None)
+    return partners
 
 
-def _clips(num_frames: int, frames_per_clip: int, overlap_frames: int = 0) -> int:
-    return len(clip_plan(num_frames, frames_per_clip, overlap_frames))
+def _drift_frames(drift_seconds: float) -> int:
+    return frame_count(int(round(drift_seconds * SAMPLE_RATE)), SAMPLE_RATE, FPS) if drift_seconds else 0
 
 
-def _clip_starts(num_frames: int, frames_per_clip: int, overlap_frames: int) -> list[int]:
-    """The first new frame of every clip after the first (where the seams are)."""
-    return [window.new_start for window in clip_plan(num_frames, frames_per_clip, overlap_frames)[1:]]
+def _set_up(checkpoint, *, identities, seconds, audio, sampler, steps, seed, audio_cfg, portrait_cfg, overlap_frames,
+            runs: list[tuple[str, int]], drift_seconds: float, vae, audio_encoder, device, progress,
+            log) -> _Evaluation:
+    """The samples, the loaded model and the options, and a step counter over everything the evaluation
+    will make: each sample once per run in ``runs`` (the checkpoint's options first), the extra floor
+    videos, and the drift video."""
+    from ..pipeline import LetsTalkPipeline
+
+    samples = heldout_samples(identities, seconds, audio)
+    pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
+        checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
+    options = pipe.options(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
+                           overlap_frames=overlap_frames, fps=FPS)
+    run = _Evaluation(pipe, samples, options, StepCounter(progress, 0), log)
+    runs = [(options.sampler, options.steps)] + runs
+    extra_floor = [i for i, partner in enumerate(_floor_partners(samples)) if partner is None]
+    total = sum(run.clip_count(s.num_frames) for s in samples) * sum(r[1] for r in runs)
+    total += sum(run.clip_count(samples[i].num_frames) for i in extra_floor) * options.steps
+    drift_frames = _drift_frames(drift_seconds)
+    total += (run.clip_count(drift_frames) if drift_frames else 0) * options.steps
+    run.counter.total = total
+    if progress is not None:
+        progress(0, total)
+    return run
 
 
-def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], options, *,
-              counter: _StepCounter) -> dict[str, Any]:
+def _calibrate_meters(run: _Evaluation) -> tuple[list[MouthMeter], list[MouthMeter]]:
+    """Per sample, the mouth meter for frames through the model's codec, and the one for raw frames."""
+    run.log(f"meters: calibrating the mouth measurement for {len(run.samples)} identities at {run.size} px")
+    meters = [MouthMeter.for_identity(s.identity_seed, run.size, through=run.through_codec) for s in run.samples]
+    raw_meters = [MouthMeter.for_identity(s.identity_seed, run.size) for s in run.samples]
+    return meters, raw_meters
+
+
+def _renderer_reference(run: _Evaluation, meters: list[MouthMeter], raw_meters: list[MouthMeter]) -> dict[str, list]:
+    """The renderer's own frames for each sample's speech: the ceiling of lip sync (raw, and through
+    the codec) and the reference for identity and seams."""
+    reference: dict[str, list] = {"ceiling": [], "ceiling_vae": [], "errors": [], "seams": []}
+    for index, sample in enumerate(run.samples):
+        rendered = _render(sample.identity_seed, sample.speech, run.size, sample.num_frames, motion_seed=index)
+        reference["ceiling"].append(pearson(raw_meters[index].measure(rendered), sample.truth))
+        reference["ceiling_vae"].append(pearson(meters[index].measure(run.through_codec(rendered)), sample.truth))
+        reference["errors"].append(identity_errors(rendered, _portrait(sample.identity_seed, run.size)))
+        reference["seams"].append(seam_ratio(frame_changes(rendered), run.frames_per_clip,
+                                             run.clip_starts(sample.num_frames)))
+    return reference
+
+
+def _sync_run(run: _Evaluation, meters: list[MouthMeter], options) -> dict[str, Any]:
     """Generate every sample once (sample i with seed ``options.seed + i``); sync, identity and seam numbers."""
-    frames_per_clip = int(pipe.checkpoint.frames_per_clip)
-    overlap = options.overlap_frames
     per_sample, videos, seconds, clips, frames_made = [], [], 0.0, 0, 0
-    for index, sample in enumerate(samples):
-        portrait = _portrait(sample.identity_seed, pipe.resolution)
-        frames, took = _generate(pipe, portrait, sample.speech, options.replace(seed=options.seed + index),
-                                 counter=counter)
+    for index, sample in enumerate(run.samples):
+        portrait = _portrait(sample.identity_seed, run.size)
+        frames, took = make_video(run.pipe, portrait, sample.speech, options.replace(seed=options.seed + index),
+                                  counter=run.counter)
         seconds += took
-        clips += _clips(frames.shape[0], frames_per_clip, overlap)
+        clips += clip_count(frames.shape[0], run.frames_per_clip, options.overlap_frames)
         frames_made += frames.shape[0]
         measured = meters[index].measure(frames)
         errors = identity_errors(frames, portrait)
@@ -233,25 +260,103 @@ def _sync_run(pipe, samples: list[EvalSample], meters: list[MouthMeter], options
             "identity_error": float(errors["identity"].mean()),
         })
         videos.append({"measured": measured, "changes": changes,
-                       "clip_starts": _clip_starts(frames.shape[0], frames_per_clip, overlap)})
-    seams = [seam_ratio(v["changes"], frames_per_clip, v["clip_starts"]) for v in videos]
+                       "clip_starts": clip_starts(frames.shape[0], run.frames_per_clip, options.overlap_frames)})
+    seams = [seam_ratio(v["changes"], run.frames_per_clip, v["clip_starts"]) for v in videos]
     return {"per_sample": per_sample, "videos": videos, "seconds": seconds, "clips": clips, "seams": seams,
-            "sync": _nanmean(s["sync"] for s in per_sample),
-            "colour_error": _nanmean(s["colour_error"] for s in per_sample),
-            "structure_error": _nanmean(s["structure_error"] for s in per_sample),
-            "identity_error": _nanmean(s["identity_error"] for s in per_sample),
+            "sync": nanmean(s["sync"] for s in per_sample),
+            "colour_error": nanmean(s["colour_error"] for s in per_sample),
+            "structure_error": nanmean(s["structure_error"] for s in per_sample),
+            "identity_error": nanmean(s["identity_error"] for s in per_sample),
             "seconds_per_clip": seconds / max(clips, 1),
             "seconds_per_video_second": seconds / max(frames_made / FPS, 1e-9)}
 
 
-def _pooled_seams(seams: list[dict]) -> dict[str, float]:
-    with_boundaries = [s for s in seams if s["boundaries"]]
-    if not with_boundaries:
-        return {"boundary": float("nan"), "inside": float("nan"), "ratio": float("nan"), "boundaries": 0}
-    boundary = _nanmean(s["boundary"] for s in with_boundaries)
-    inside = _nanmean(s["inside"] for s in with_boundaries)
-    return {"boundary": boundary, "inside": inside, "ratio": boundary / max(inside, 1e-8),
-            "boundaries": sum(s["boundaries"] for s in with_boundaries)}
+def _floors(run: _Evaluation, main: dict[str, Any], meters: list[MouthMeter]) -> list[float]:
+    """Per sample, the lip sync of a video made for OTHER speech against this sample's ground truth: the
+    partner sample's video from ``main``, or a video of this identity with fresh held-out speech."""
+    floors = []
+    for i, (sample, partner) in enumerate(zip(run.samples, _floor_partners(run.samples))):
+        if partner is None:
+            other = heldout_speech(sample.num_frames / FPS, seed=10_000 + i)
+            frames, _ = make_video(run.pipe, _portrait(sample.identity_seed, run.size), other,
+                                   run.options.replace(seed=run.options.seed + 10_000 + i), counter=run.counter)
+            measured = meters[i].measure(frames)
+        else:
+            measured = main["videos"][partner]["measured"]
+        length = min(measured.shape[0], sample.num_frames)
+        floors.append(pearson(measured[:length], sample.truth[:length]) if length >= 3 else float("nan"))
+    return floors
+
+
+def _drift(run: _Evaluation, audio, drift_seconds: float, drift_window: float) -> dict[str, float]:
+    """Identity error over the last ``drift_window`` seconds of a ``drift_seconds`` video of the first
+    identity against its first seconds, and the seams of that long video (NaN when ``drift_seconds`` is 0)."""
+    if not drift_seconds:
+        return {"drift_ratio": float("nan"), "drift_first_error": float("nan"), "drift_last_error": float("nan"),
+                "seam_ratio_long": float("nan")}
+    identity_seed = run.samples[0].identity_seed
+    run.log(f"drift: generating {drift_seconds:g} s for identity {identity_seed}")
+    speech = (np.resize(_load_speech(audio[0], None), int(round(drift_seconds * SAMPLE_RATE))).astype(np.float32)
+              if audio else heldout_speech(drift_seconds, seed=20_000))
+    portrait = _portrait(identity_seed, run.size)
+    per_frame: list[torch.Tensor] = []
+    changes: list[torch.Tensor] = []
+    last: list[Optional[torch.Tensor]] = [None]
+
+    def on_chunk(chunk: torch.Tensor) -> None:
+        per_frame.append(identity_errors(chunk, portrait)["identity"])
+        changes.append(frame_changes(chunk, previous=last[0]))
+        last[0] = chunk[-1]
+
+    make_video(run.pipe, portrait, speech, run.options.replace(seed=run.options.seed + 20_000), counter=run.counter,
+               on_chunk=on_chunk, keep=False)
+    errors = torch.cat(per_frame)  # [F]
+    drift = drift_ratio(errors, FPS, drift_window)
+    long_seams = seam_ratio(torch.cat(changes), run.frames_per_clip, run.clip_starts(int(errors.shape[0])))
+    return {"drift_ratio": drift["ratio"], "drift_first_error": drift["first"], "drift_last_error": drift["last"],
+            "seam_ratio_long": long_seams["ratio"]}
+
+
+def _metrics(main: dict[str, Any], floors: list[float], reference: dict[str, list],
+             meters: list[MouthMeter]) -> dict[str, Any]:
+    """The evaluation's numbers from the model's videos, the floors and the renderer's reference."""
+    seams, reference_seams = pooled_seams(main["seams"]), pooled_seams(reference["seams"])
+    errors = reference["errors"]
+    return {
+        "sync": main["sync"], "sync_floor": nanmean(floors), "sync_ceiling": nanmean(reference["ceiling"]),
+        "sync_ceiling_vae": nanmean(reference["ceiling_vae"]),
+        "meter_calibration_r": nanmean(m.calibration_r for m in meters),
+        "colour_error": main["colour_error"], "structure_error": main["structure_error"],
+        "identity_error": main["identity_error"],
+        "renderer_colour_error": nanmean(float(e["colour"].mean()) for e in errors),
+        "renderer_structure_error": nanmean(float(e["structure"].mean()) for e in errors),
+        "renderer_identity_error": nanmean(float(e["identity"].mean()) for e in errors),
+        "seam_ratio": seams["ratio"], "seam_boundary_change": seams["boundary"], "seam_inside_change": seams["inside"],
+        "seam_boundaries": seams["boundaries"], "renderer_seam_ratio": reference_seams["ratio"],
+        "seconds_per_clip": main["seconds_per_clip"], "seconds_per_video_second": main["seconds_per_video_second"],
+    }
+
+
+def _per_sample(main: dict[str, Any], floors: list[float], reference: dict[str, list],
+                meters: list[MouthMeter]) -> list[dict[str, Any]]:
+    """The report's row per identity: its numbers with its floor, ceilings and meter calibration."""
+    return [{**row, "sync_floor": floor, "sync_ceiling": ceiling, "sync_ceiling_vae": ceiling_vae,
+             "meter_calibration_r": meter.calibration_r}
+            for row, floor, ceiling, ceiling_vae, meter in zip(main["per_sample"], floors, reference["ceiling"],
+                                                                reference["ceiling_vae"], meters)]
+
+
+def _sampler_rows(run: _Evaluation, meters: list[MouthMeter], sampler_settings) -> list[dict[str, Any]]:
+    """Quality and time against sampler and steps: every sample made again with each setting."""
+    rows = []
+    for name, steps_of in sampler_settings:
+        run.log(f"sampler table: {name} {steps_of}")
+        made = _sync_run(run, meters, run.options.replace(sampler=name, steps=int(steps_of)))
+        rows.append({"sampler": name, "steps": int(steps_of), "sync": made["sync"],
+                     "colour_error": made["colour_error"], "structure_error": made["structure_error"],
+                     "identity_error": made["identity_error"], "seconds_per_clip": made["seconds_per_clip"],
+                     "seconds_per_video_second": made["seconds_per_video_second"]})
+    return rows
 
 
 def evaluate_checkpoint(
@@ -285,7 +390,6 @@ def evaluate_checkpoint(
     ``overlap_frames``) are the checkpoint's recommendation where None, as for ``generate``; with overlap,
     seams are counted where each clip's new frames begin.
     """
-    from ..pipeline import LetsTalkPipeline
     from ..sampling.options import SamplingOptions, check_overrides
     check_overrides(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
                     overlap_frames=overlap_frames)  # before the model loads
@@ -297,151 +401,40 @@ def evaluate_checkpoint(
             SamplingOptions(sampler=name, steps=steps_of)
         except ValueError as error:
             raise ValueError(f"sampler table: {error}") from None
-    log = log or (lambda message: None)
 
-    samples = heldout_samples(identities, seconds, audio)
-    pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
-        checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
-    size = pipe.resolution
-    frames_per_clip = int(pipe.checkpoint.frames_per_clip)
-    options = pipe.options(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
-                           overlap_frames=overlap_frames, fps=FPS)
-    sampler, steps, seed, overlap_frames = options.sampler, options.steps, options.seed, options.overlap_frames
+    run = _set_up(checkpoint, identities=identities, seconds=seconds, audio=audio, sampler=sampler, steps=steps,
+                  seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg, overlap_frames=overlap_frames,
+                  runs=[tuple(s) for s in sampler_settings] if with_sampler_table else [],
+                  drift_seconds=drift_seconds, vae=vae, audio_encoder=audio_encoder, device=device,
+                  progress=progress, log=log or (lambda message: None))
+    meters, raw_meters = _calibrate_meters(run)
+    reference = _renderer_reference(run, meters, raw_meters)
+    run.log(f"lip sync: generating {len(run.samples)} videos with {run.options.sampler} {run.options.steps}")
+    main = _sync_run(run, meters, run.options)
+    floors = _floors(run, main, meters)
+    metrics = _metrics(main, floors, reference, meters)
+    metrics.update(_drift(run, audio, drift_seconds, drift_window))
 
-    # the floor: sample i's ground truth against the video made for another sample's speech; when no
-    # other sample has different speech, a video of identity i with fresh held-out speech is made
-    floor_partner: list[Optional[int]] = []
-    for i, sample in enumerate(samples):
-        others = [j for j in range(1, len(samples)) if samples[(i + j) % len(samples)].source != sample.source]
-        floor_partner.append((i + others[0]) % len(samples) if others else None)
-    extra_floor = [i for i, partner in enumerate(floor_partner) if partner is None]
-
-    runs = [(sampler, steps)] + ([tuple(s) for s in sampler_settings] if with_sampler_table else [])
-    total = sum(_clips(s.num_frames, frames_per_clip, overlap_frames) for s in samples) * sum(r[1] for r in runs)
-    total += sum(_clips(samples[i].num_frames, frames_per_clip, overlap_frames) for i in extra_floor) * steps
-    drift_frames = frame_count(int(round(drift_seconds * SAMPLE_RATE)), SAMPLE_RATE, FPS) if drift_seconds else 0
-    total += (_clips(drift_frames, frames_per_clip, overlap_frames) if drift_frames else 0) * steps
-    counter = _StepCounter(progress, total)
-    if progress is not None:
-        progress(0, total)
-
-    log(f"meters: calibrating the mouth measurement for {len(samples)} identities at {size} px")
-    through_vae = _vae_round_trip(pipe.vae)
-    meters = [MouthMeter.for_identity(s.identity_seed, size, through=through_vae) for s in samples]
-    raw_meters = [MouthMeter.for_identity(s.identity_seed, size) for s in samples]
-
-    # the renderer's own frames: the ceiling of lip sync and the reference for identity and seams
-    ceiling, ceiling_vae, renderer_errors, renderer_seams = [], [], [], []
-    for index, sample in enumerate(samples):
-        rendered = _render(sample.identity_seed, sample.speech, size, sample.num_frames, motion_seed=index)
-        ceiling.append(pearson(raw_meters[index].measure(rendered), sample.truth))
-        ceiling_vae.append(pearson(meters[index].measure(through_vae(rendered)), sample.truth))
-        renderer_errors.append(identity_errors(rendered, _portrait(sample.identity_seed, size)))
-        renderer_seams.append(seam_ratio(frame_changes(rendered), frames_per_clip,
-                                         _clip_starts(sample.num_frames, frames_per_clip, overlap_frames)))
-
-    log(f"lip sync: generating {len(samples)} videos with {sampler} {steps}")
-    main = _sync_run(pipe, samples, meters, options, counter=counter)
-
-    floors = []
-    for i, sample in enumerate(samples):
-        partner = floor_partner[i]
-        if partner is None:
-            other = heldout_speech(sample.num_frames / FPS, seed=10_000 + i)
-            frames, _ = _generate(pipe, _portrait(sample.identity_seed, size), other,
-                                  options.replace(seed=seed + 10_000 + i), counter=counter)
-            measured = meters[i].measure(frames)
-        else:
-            measured = main["videos"][partner]["measured"]
-        length = min(measured.shape[0], sample.num_frames)
-        floors.append(pearson(measured[:length], sample.truth[:length]) if length >= 3 else float("nan"))
-        main["per_sample"][i]["sync_floor"] = floors[-1]
-        main["per_sample"][i]["sync_ceiling"] = ceiling[i]
-        main["per_sample"][i]["sync_ceiling_vae"] = ceiling_vae[i]
-        main["per_sample"][i]["meter_calibration_r"] = meters[i].calibration_r
-
-    seams = _pooled_seams(main["seams"])
-    reference_seams = _pooled_seams(renderer_seams)
-    metrics: dict[str, Any] = {
-        "sync": main["sync"], "sync_floor": _nanmean(floors), "sync_ceiling": _nanmean(ceiling),
-        "sync_ceiling_vae": _nanmean(ceiling_vae),
-        "meter_calibration_r": _nanmean(m.calibration_r for m in meters),
-        "colour_error": main["colour_error"], "structure_error": main["structure_error"],
-        "identity_error": main["identity_error"],
-        "renderer_colour_error": _nanmean(float(e["colour"].mean()) for e in renderer_errors),
-        "renderer_structure_error": _nanmean(float(e["structure"].mean()) for e in renderer_errors),
-        "renderer_identity_error": _nanmean(float(e["identity"].mean()) for e in renderer_errors),
-        "seam_ratio": seams["ratio"], "seam_boundary_change": seams["boundary"], "seam_inside_change": seams["inside"],
-        "seam_boundaries": seams["boundaries"], "renderer_seam_ratio": reference_seams["ratio"],
-        "seconds_per_clip": main["seconds_per_clip"], "seconds_per_video_second": main["seconds_per_video_second"],
-    }
-
-    if drift_seconds:
-        log(f"drift: generating {drift_seconds:g} s for identity {samples[0].identity_seed}")
-        speech = (np.resize(_load_speech(audio[0], None), int(round(drift_seconds * SAMPLE_RATE))).astype(np.float32)
-                  if audio else heldout_speech(drift_seconds, seed=20_000))
-        portrait = _portrait(samples[0].identity_seed, size)
-        per_frame: list[torch.Tensor] = []
-        drift_changes: list[torch.Tensor] = []
-        last: list[Optional[torch.Tensor]] = [None]
-
-        def on_chunk(chunk: torch.Tensor) -> None:
-            per_frame.append(identity_errors(chunk, portrait)["identity"])
-            drift_changes.append(frame_changes(chunk, previous=last[0]))
-            last[0] = chunk[-1]
-
-        _generate(pipe, portrait, speech, options.replace(seed=seed + 20_000), counter=counter, on_chunk=on_chunk,
-                  keep=False)
-        errors = torch.cat(per_frame)  # [F]
-        drift = drift_ratio(errors, FPS, drift_window)
-        metrics.update(drift_ratio=drift["ratio"], drift_first_error=drift["first"], drift_last_error=drift["last"])
-        long_seams = seam_ratio(torch.cat(drift_changes), frames_per_clip,
-                                _clip_starts(int(errors.shape[0]), frames_per_clip, overlap_frames))
-        metrics["seam_ratio_long"] = long_seams["ratio"]
-    else:
-        metrics.update(drift_ratio=float("nan"), drift_first_error=float("nan"), drift_last_error=float("nan"),
-                       seam_ratio_long=float("nan"))
-
+    options = run.options
     result: dict[str, Any] = {
-        "checkpoint": str(getattr(pipe.checkpoint, "path", checkpoint)),
-        "settings": {"identities": [s.identity_seed for s in samples], "speech": [s.source for s in samples],
-                     "seconds": seconds, "fps": FPS, "resolution": size, "frames_per_clip": frames_per_clip,
-                     "sampler": sampler, "steps": steps, "seed": seed, "drift_seconds": drift_seconds,
-                     "drift_window": drift_window, "audio_cfg": options.audio_cfg,
-                     "portrait_cfg": options.portrait_cfg, "overlap_frames": overlap_frames},
+        "checkpoint": str(getattr(run.pipe.checkpoint, "path", checkpoint)),
+        "settings": {"identities": [s.identity_seed for s in run.samples], "speech": [s.source for s in run.samples],
+                     "seconds": seconds, "fps": FPS, "resolution": run.size, "frames_per_clip": run.frames_per_clip,
+                     "sampler": options.sampler, "steps": options.steps, "seed": options.seed,
+                     "drift_seconds": drift_seconds, "drift_window": drift_window, "audio_cfg": options.audio_cfg,
+                     "portrait_cfg": options.portrait_cfg, "overlap_frames": options.overlap_frames},
         "metrics": metrics,
-        "checks": checks(metrics),
-        "samples": main["per_sample"],
+        "checks": checks(metrics, TARGETS),
+        "samples": _per_sample(main, floors, reference, meters),
     }
     if with_sampler_table:
-        rows = []
-        for name, steps_of in sampler_settings:
-            log(f"sampler table: {name} {steps_of}")
-            run = _sync_run(pipe, samples, meters, options.replace(sampler=name, steps=int(steps_of)),
-                            counter=counter)
-            rows.append({"sampler": name, "steps": int(steps_of), "sync": run["sync"],
-                         "colour_error": run["colour_error"], "structure_error": run["structure_error"],
-                         "identity_error": run["identity_error"], "seconds_per_clip": run["seconds_per_clip"],
-                         "seconds_per_video_second": run["seconds_per_video_second"]})
-        result["sampler_table"] = rows
+        result["sampler_table"] = _sampler_rows(run, meters, sampler_settings)
     return result
 
 
 def sampler_table(checkpoint=None, **kwargs) -> list[dict[str, Any]]:
     """Only the sampler table (quality and time per clip against sampler and steps)."""
     return evaluate_checkpoint(checkpoint, with_sampler_table=True, drift_seconds=0, **kwargs)["sampler_table"]
-
-
-def checks(metrics: dict[str, Any], targets: dict[str, tuple[str, float]] = TARGETS) -> dict[str, dict[str, Any]]:
-    """Each target: the value, the target as text and whether it passes (False when not measured)."""
-    out = {}
-    for name, (comparison, threshold) in targets.items():
-        value = metrics.get(name, float("nan"))
-        measured = value is not None and not math.isnan(value)
-        passed = measured and (value >= threshold if comparison == ">=" else value <= threshold)
-        out[name] = {"value": value, "target": f"{comparison} {threshold:g}", "pass": bool(passed),
-                     "measured": bool(measured)}
-    return out
 
 
 def _fmt(value, digits: int = 3) -> str:
