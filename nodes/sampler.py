@@ -13,6 +13,8 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
+from server import PromptServer
 
 from letstalk_core.pipeline import Conditions, SampledVideo, sampling_options
 from letstalk_core.sampling import SAMPLERS
@@ -88,7 +90,7 @@ class LetsTalkSampler(io.ComfyNode):
                                      "twice the time). -1: what the checkpoint recommends (the demo model: 4)."),
             ],
             outputs=[LetsTalkVideo.Output(display_name="sampled_video",
-                                          tooltip="The sampled video; decode it with a LetsTalk Decode Video node.")],
+                                          tooltip="The sampled video; decode it with a LetsTalk Decode Talking Video node.")],
         )
 
     @classmethod
@@ -145,12 +147,21 @@ class NodeVideo:
 
 
 class ClipReport:
-    """Progress for the node that samples: the bar over all steps, one terminal line per clip with the time
-    left, and the clip's last frame as a preview (when previews are on)."""
+    """Progress for the node that samples: the bar over all steps; per clip, "clip n of N" with the time left as
+    text on the node (ComfyUI's progress text) and as a terminal line; and the clip's last frame as a preview
+    (when previews are on)."""
 
     def __init__(self, total_clips: int, codec):
         self.bar = comfy.utils.ProgressBar(1)
         self.total, self.codec, self.done, self.started = total_clips, codec, 0, time.monotonic()
+        context = get_executing_context()
+        self.node_id = None if context is None else context.node_id
+        self.show(f"sampling clip 1 of {self.total}...")
+
+    def show(self, text: str) -> None:
+        """``text`` on the node that samples, beside its progress bar."""
+        if self.node_id is not None and getattr(PromptServer, "instance", None) is not None:
+            PromptServer.instance.send_progress_text(text, self.node_id)
 
     def progress(self, done: int, total: int) -> None:
         self.bar.update_absolute(done, total)
@@ -158,8 +169,12 @@ class ClipReport:
     def clip_done(self, clip) -> None:
         self.done += 1
         elapsed = time.monotonic() - self.started
-        log.info("LetsTalk: clip %d/%d done, %.0f s so far, about %.0f s left", self.done, self.total, elapsed,
-                 elapsed / self.done * (self.total - self.done))
+        left = elapsed / self.done * (self.total - self.done)
+        log.info("LetsTalk: clip %d/%d done, %.0f s so far, about %.0f s left", self.done, self.total, elapsed, left)
+        if self.done < self.total:
+            self.show(f"clip {self.done} of {self.total} done, {elapsed:.0f} s so far, about {left:.0f} s left")
+        else:
+            self.show(f"all {self.total} clips sampled in {elapsed:.0f} s")
         preview = clip_preview(self.codec, clip.latents)
         if preview is not None:
             self.bar.update_absolute(self.bar.current, self.bar.total, preview)

@@ -177,10 +177,13 @@ class ComfyClient:
             raise ComfyValidationError(format_node_errors(body), body)
         raise ComfyError(f"POST /prompt answered {status}: {body}")
 
-    def wait(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
-        """Follow a prompt until it is finished; returns its history entry or raises its error."""
+    def wait(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.2, on_poll=None) -> dict:
+        """Follow a prompt until it is finished; returns its history entry or raises its error.
+        ``on_poll``: called before each look at the history (a terminal following the server's log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if on_poll is not None:
+                on_poll()
             entry = self.history(prompt_id).get(prompt_id)
             if entry and entry.get("status", {}).get("completed") is not None and (
                 entry["status"].get("completed") or entry["status"].get("status_str") == "error"
@@ -205,10 +208,10 @@ class ComfyClient:
                                        f"{details.get('node_id')} ({details.get('node_type')})", details)
         raise ComfyError(f"prompt {prompt_id} ended with status {status}")
 
-    def run(self, workflow: dict, timeout: float = 600.0) -> dict:
+    def run(self, workflow: dict, timeout: float = 600.0, on_poll=None) -> dict:
         """Submit, wait, and return the outputs by node id."""
         prompt_id = self.submit(workflow)
-        return self.wait(prompt_id, timeout)["outputs"]
+        return self.wait(prompt_id, timeout, on_poll=on_poll)["outputs"]
 
     def interrupt(self) -> None:
         self._request("POST", "/interrupt", {})
@@ -390,6 +393,28 @@ class ComfyServer:
                 problems.append("\n".join(lines[max(0, i - 15): i + 1]))
         return problems
 
+    def follow_log(self, marker: str = "LetsTalk", out=None):
+        """A callable that prints the server log's new lines that contain ``marker`` (the pack's own lines:
+        the sampling settings, clip n/N with the time left), each time it is called; for ``wait(on_poll=)``."""
+        position = self.log_path.stat().st_size if self.log_path.exists() else 0
+        partial = b""
+
+        def follow() -> None:
+            nonlocal position, partial
+            if not self.log_path.exists():
+                return
+            with open(self.log_path, "rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+            position += len(chunk)
+            *lines, partial = (partial + chunk).split(b"\n")
+            for line in lines:
+                text = line.decode(errors="replace").rstrip()
+                if marker in text:
+                    print(f"[comfyui] {text}", file=out or sys.stdout, flush=True)
+
+        return follow
+
     def pack_imported(self) -> bool:
         """True when ComfyUI's import-time table lists the pack without a failure mark."""
         return any(PACK_NAME in line and "seconds" in line and "IMPORT FAILED" not in line
@@ -459,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                     dst.symlink_to(src)
             if server.pack_import_problems():
                 raise ComfyError("the pack failed to import:\n" + "\n".join(server.pack_import_problems()))
-            outputs = server.client.run(workflow, timeout=args.timeout)
+            follow = server.follow_log()  # the pack's lines (settings, clip n/N, time left) as the server works
+            outputs = server.client.run(workflow, timeout=args.timeout, on_poll=follow)
+            follow()
             files = []
             for node_outputs in outputs.values():
                 for items in node_outputs.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import soundfile
 from letstalk_core.pipeline import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
 from letstalk_core.video import probe, read_video_frames
 from letstalk_core.video.timing import frame_count
+from tests.comfyui.browser import HAVE_BROWSER, run_script
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "workflows" / "examples"
@@ -31,11 +33,27 @@ def test_demo_model_is_the_default_the_cartoon_model_a_choice_and_the_codec_file
     assert not [name for name in options if "taef2" in name], options
 
 
-def test_shipped_workflow_animates_the_bundled_example(comfy):
+def test_shipped_workflow_animates_the_bundled_example(comfy, tmp_path):
+    """In a fresh base directory, with nothing uploaded: the pack put the example in input/letstalk/ when it
+    loaded. Where headless Chromium is at hand, the UI template is opened from the template browser and run
+    as it opens, as a user would, and the sampler node must tell clip n of N and the time left beside its
+    bar; elsewhere its API twin is posted."""
     for name in ("portrait.png", "speech.wav"):
-        shutil.copyfile(EXAMPLES / name, comfy.input_dir / name)
-    workflow = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
-    outputs = comfy.client.run(workflow, timeout=900)
+        assert (comfy.input_dir / "letstalk" / name).read_bytes() == (EXAMPLES / name).read_bytes()
+    if HAVE_BROWSER:
+        report = run_script("frontend_run.js", comfy, tmp_path, "LetsTalk portrait to talking video", timeout=1800)
+        assert report["errors"] == [] and report["end"] == "execution_success", report
+        texts = report["texts"]
+        assert texts[0].startswith("sampling clip 1 of "), texts
+        total = int(texts[0].split(" of ")[1].rstrip("."))
+        assert any(re.fullmatch(rf"clip \d+ of {total} done, \d+ s so far, about \d+ s left", text) for text in texts)
+        assert texts[-1].startswith(f"all {total} clips sampled in "), texts
+        history = comfy.client.get("/history?max_items=1")
+        [entry] = history.values()
+        outputs = entry["outputs"]
+    else:
+        workflow = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
+        outputs = comfy.client.run(workflow, timeout=900)
     videos = [comfy.default_output_dir / item["subfolder"] / item["filename"]
               for node in outputs.values() for items in node.values() if isinstance(items, list)
               for item in items if isinstance(item, dict) and item.get("type") == "output" and "filename" in item]

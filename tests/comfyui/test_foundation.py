@@ -155,3 +155,22 @@ def test_an_input_folder_that_cannot_be_written_is_logged_and_the_pack_goes_on(t
     with caplog.at_level("WARNING", logger="letstalk"):
         assert _examples_module().install_examples(blocked) == []
     assert "could not put the example portrait.png" in caplog.text
+
+
+def test_run_follows_the_servers_log_printing_the_packs_lines_as_they_come(tmp_path):
+    """What `comfy_harness.py run` (and so demo.sh) prints while the server works: the pack's new lines of
+    the server log, each once, a line cut mid-write printed when it is whole."""
+    server = ComfyServer(tmp_path)
+    server.log_path.write_text("=== start\nLetsTalk: an old line\n")
+    out = io.StringIO()
+    follow = server.follow_log(out=out)
+    with open(server.log_path, "a") as log:
+        log.write("Requested to load PatchableParts\nLetsTalk sampling: dpmpp_2m 25 steps\nLetsTalk: clip 1/3 do")
+    follow()
+    assert out.getvalue() == "[comfyui] LetsTalk sampling: dpmpp_2m 25 steps\n"
+    with open(server.log_path, "a") as log:
+        log.write("ne, 18 s so far, about 36 s left\n")
+    follow()
+    follow()
+    assert out.getvalue().splitlines() == ["[comfyui] LetsTalk sampling: dpmpp_2m 25 steps",
+                                           "[comfyui] LetsTalk: clip 1/3 done, 18 s so far, about 36 s left"]
