@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 
 from comfy_api.latest import io
 from server import PromptServer
@@ -71,12 +72,16 @@ def as_letstalk_encoder(encoder) -> AudioEncoder:
     if type(model).__name__ != "Wav2Vec2Model":
         raise ValueError(f"audio_encoder: ComfyUI's Load Audio Encoder gave a {type(model).__name__}; only its "
                          "wav2vec2 models are accepted here. Load whisper with Load LetsTalk Audio Encoder.")
-    cached = getattr(encoder, "_letstalk_encoder", None)
-    if cached is None:
+    converted = _CONVERTED.get(encoder)
+    if converted is None:
         state_dict = {key: value.float() for key, value in encoder.get_sd().items()}
-        cached = wav2vec2_encoder_from_state_dict(state_dict, source="ComfyUI audio encoder (wav2vec2)")
-        encoder._letstalk_encoder = cached  # converted once per loaded encoder
-    return cached
+        converted = wav2vec2_encoder_from_state_dict(state_dict, source="ComfyUI audio encoder (wav2vec2)")
+        _CONVERTED[encoder] = converted
+    return converted
+
+
+# ComfyUI's loaded wav2vec2 -> its conversion, made once per loaded encoder and gone with it
+_CONVERTED: "weakref.WeakKeyDictionary[object, AudioEncoder]" = weakref.WeakKeyDictionary()
 
 
 class EncodeAudio(io.ComfyNode):

@@ -15,6 +15,8 @@ import comfy.model_patcher
 from letstalk_core.audio import AudioEncoder
 from letstalk_core.latents import LatentCodec
 
+from .model import LoadedLetsTalk
+
 
 class LetsTalkVAE(torch.nn.Module):
     """A bundle's VAE as ComfyUI's ModelPatcher moves it (the patcher records ``device`` on the module it
@@ -38,8 +40,8 @@ class LetsTalkAudioEncoderWeights(torch.nn.Module):
 def patcher_for(part) -> comfy.model_patcher.ModelPatcher | None:
     """The ModelPatcher over ``part``'s weights (a LoadedLetsTalk's own, made when it loaded; a codec's or
     an encoder's, made here once per object); None for what ComfyUI manages already or what has no weights."""
-    if not isinstance(part, (LatentCodec, AudioEncoder)):
-        return getattr(part, "patcher", None)  # a LoadedLetsTalk
+    if isinstance(part, LoadedLetsTalk):
+        return part.patcher  # made when it loaded
     if isinstance(part, LatentCodec):
         holder, load_device, offload_device = LetsTalkVAE, mm.vae_device(), mm.vae_offload_device()
         module = part
@@ -48,13 +50,11 @@ def patcher_for(part) -> comfy.model_patcher.ModelPatcher | None:
         offload_device, module = mm.text_encoder_offload_device(), part.weights
     else:
         return None
-    patcher = getattr(part, "_comfy_patcher", None)
-    if patcher is None:
+    if part.device_manager is None:  # the place the core keeps for it
         current = next(module.parameters()).device
-        patcher = comfy.model_patcher.ModelPatcher(holder(module, current), load_device=load_device,
-                                                   offload_device=offload_device)
-        part._comfy_patcher = patcher
-    return patcher
+        part.device_manager = comfy.model_patcher.ModelPatcher(holder(module, current), load_device=load_device,
+                                                               offload_device=offload_device)
+    return part.device_manager
 
 
 def load_to_device(*parts) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,6 +11,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 from comfy_api.latest import io
 
+from letstalk_core.audio import AudioEncoder
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
 from letstalk_core.latents import LatentCodec
 from letstalk_core.pipeline import CARTOON_CHECKPOINT, DEMO_CHECKPOINT, audio_encoder_for, bundled_vae
@@ -48,10 +49,11 @@ class LoadedLetsTalk:
     checkpoint: LetsTalkCheckpoint
     patcher: comfy.model_patcher.ModelPatcher
     own_vae: LatentCodec | None  # the VAE a bundle carries, if any
+    _audio_encoder: AudioEncoder | None = field(default=None, init=False, repr=False)  # made when first asked for
 
-    def audio_encoder(self):
+    def audio_encoder(self) -> AudioEncoder:
         """The audio encoder the checkpoint names (its mel bands, or the encoder bundled in it), made once."""
-        if getattr(self, "_audio_encoder", None) is None:
+        if self._audio_encoder is None:
             self._audio_encoder = audio_encoder_for(self.checkpoint)
         return self._audio_encoder
 

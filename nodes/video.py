@@ -12,7 +12,7 @@ import torch
 import folder_paths
 from comfy_api.latest import InputImpl, io
 
-from letstalk_core.pipeline import speech_for_frames, video_frames, write_video
+from letstalk_core.pipeline import check_codec, speech_for_frames, video_frames, write_video
 
 log = logging.getLogger("letstalk")
 
@@ -31,9 +31,7 @@ def decoded_frames(sampled_video: NodeVideo, paste_back: bool, vae):
     codec = None
     if vae is not None:
         codec = ComfyVAECodec(vae, getattr(own, "scaling_factor", 1.0), getattr(own, "shift_factor", 0.0))
-        channels = int(sampled_video.video.checkpoint.model.config.in_channels)
-        if channels != codec.latent_channels:
-            raise ValueError(f"vae: it decodes {codec.latent_channels}-channel latents but the video has {channels}")
+        check_codec(sampled_video.video.checkpoint, codec, what="vae: the VAE")  # before a lazy video is sampled
     load_to_device(own if codec is None else codec)
     return video_frames(sampled_video.video, paste_back=paste_back, codec=codec, clips=sampled_video.iter_clips())
 

@@ -22,6 +22,9 @@ class AudioEncoder(ABC):
 
     def __init__(self, source: str):
         self.source = source
+        # kept here by an application that moves the weights between devices (the ComfyUI nodes: the
+        # ModelPatcher they wrap around them), so it lives and dies with the encoder
+        self.device_manager = None
 
     @property
     @abstractmethod

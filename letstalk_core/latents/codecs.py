@@ -131,6 +131,9 @@ class LatentCodec(nn.Module):
         if not math.isfinite(self.scaling_factor) or self.scaling_factor <= 0:
             raise ValueError(f"scaling_factor must be a positive finite number, got {self.scaling_factor}")
         self.chunk_size = _check_chunk_size(chunk_size)
+        # kept here by an application that moves the weights between devices (the ComfyUI nodes: the
+        # ModelPatcher they wrap around them), so it lives and dies with the codec
+        self.device_manager = None
 
     # ------------------------------------------------------------------ properties
     @property
