@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 from server import PromptServer
 
-from letstalk_core.pipeline import Conditions, SampledVideo, sampling_options
+from letstalk_core.pipeline import (DEFAULT_KEEP_LATENTS_MB, Conditions, SampledVideo, keep_latent_bytes,
+                                    sampling_options)
 from letstalk_core.sampling import SAMPLERS
 from letstalk_core.sampling.options import check_overrides
 
@@ -36,6 +38,7 @@ def clip_preview(codec, clip_latents: torch.Tensor):
     return ("JPEG", Image.fromarray(pixels), args.preview_size)
 
 
+KEEP_LATENTS_SETTING = "LETSTALK_KEEP_LATENTS_MB"  # environment: MiB of latents a sampled video may keep
 AUTO = "auto"  # the sampler choice, and -1 for the numbers: what the checkpoint recommends
 
 
@@ -108,7 +111,8 @@ class LetsTalkSampler(io.ComfyNode):
         ckpt = letstalk_model.checkpoint
         options = sampling_options(ckpt, seed=seed, fps=letstalk_audio.fps,
                                    **node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
-        video = SampledVideo(ckpt, Conditions(portrait, letstalk_audio), options)  # checks encoder and codec
+        keep = keep_latent_bytes(os.environ.get(KEEP_LATENTS_SETTING, DEFAULT_KEEP_LATENTS_MB), KEEP_LATENTS_SETTING)
+        video = SampledVideo(ckpt, Conditions(portrait, letstalk_audio), options, keep_bytes=keep)  # checks encoder, codec
         log.info("LetsTalk sampling: %s", video.options.describe())
         if video.lazy:
             log.info("LetsTalk: %d frames, %.0f MiB of latents: too long to keep, so the clips are sampled while the "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -315,17 +314,19 @@ def iter_clip_latents(
     )
 
 
-def keep_latent_bytes() -> int:
-    """How many bytes of latents a sampled video may keep: ``LETSTALK_KEEP_LATENTS_MB`` (MiB, default 64)."""
-    value = os.environ.get("LETSTALK_KEEP_LATENTS_MB", "64")
+DEFAULT_KEEP_LATENTS_MB = 64  # a sampled video keeps its latents up to this size, else it is sampled as decoded
+
+
+def keep_latent_bytes(megabytes=DEFAULT_KEEP_LATENTS_MB, name: str = "keep_latents_mb") -> int:
+    """How many bytes of latents a sampled video may keep, from a number of MiB (a string is parsed: the
+    nodes pass their ``LETSTALK_KEEP_LATENTS_MB`` setting); refused naming ``name`` unless a number >= 0."""
     try:
-        megabytes = float(value)
-    except ValueError:
-        megabytes = -1.0
-    if not math.isfinite(megabytes) or megabytes < 0:
-        raise ValueError(f"LETSTALK_KEEP_LATENTS_MB must be a number of MiB >= 0 (0: always sample while "
-                         f"decoding), got {value!r}")
-    return int(megabytes * 2**20)
+        value = float(megabytes)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a number of MiB >= 0 (0: always sample while decoding), got {megabytes!r}")
+    return int(value * 2**20)
 
 
 class SampledVideo:

@@ -352,6 +352,8 @@ def test_native_vae_from_vae_loader(tiny, latent_channels, works):
     workflow["8"]["inputs"]["vae"] = ["20", 0]
     if works:
         assert probe(saved_videos(tiny, tiny.client.run(workflow))[0]).frame_count == 5
+        # speech this short runs, and the log says what it makes
+        assert "lasts only 0.20 s, so the video will be 5 frames long" in tiny.log()
     else:
         with pytest.raises(ComfyExecutionError) as info:
             tiny.client.run(workflow)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from letstalk_core.latents import build_vae
-from letstalk_core.pipeline import LetsTalkPipeline, SampledVideo, iter_clip_latents, load_parts
+from letstalk_core.pipeline import LetsTalkPipeline, SampledVideo, iter_clip_latents, keep_latent_bytes, load_parts
 from letstalk_core.sampling import SamplingCancelled
 from letstalk_core.sampling.options import SamplingOptions
 from letstalk_core.video import probe, read_video_frames
@@ -86,7 +86,7 @@ def test_frames_stream_clip_by_clip(pipe, assets, tmp_path):
     assert held <= FRAMES_PER_CLIP
 
 
-def test_a_sampled_video_keeps_short_videos_and_samples_long_ones_while_decoding(pipe, assets, monkeypatch):
+def test_a_sampled_video_keeps_short_videos_and_samples_long_ones_while_decoding(pipe, assets):
     conditions = pipe.prepare(assets["portrait"], assets["speech"])
     options = pipe.options(**FAST)
     steps = []
@@ -108,11 +108,10 @@ def test_a_sampled_video_keeps_short_videos_and_samples_long_ones_while_decoding
     assert not steps  # nothing sampled before the first clip is asked for
     assert torch.equal(torch.cat([c.latents for c in clips], dim=1), first)  # the same video, not kept
     assert not lazy.sampled and len(steps) == lazy.num_clips * options.steps
-    monkeypatch.setenv("LETSTALK_KEEP_LATENTS_MB", "0")
-    assert video().lazy
-    monkeypatch.setenv("LETSTALK_KEEP_LATENTS_MB", "lots")
+    assert not video().lazy  # the default: 64 MiB may be kept
+    assert video(keep_bytes=keep_latent_bytes("0")).lazy and not video(keep_bytes=keep_latent_bytes(1)).lazy
     with pytest.raises(ValueError, match="LETSTALK_KEEP_LATENTS_MB must be a number of MiB >= 0"):
-        video()
+        keep_latent_bytes("lots", "LETSTALK_KEEP_LATENTS_MB")
 
 
 def test_paste_back_keeps_the_original_size(pipe, assets):
