@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..checks import check_int
 from ..video.timing import frame_count
 from .common import (SAMPLE_RATE, Progress, StepCounter, checks, clip_count, clip_starts, codec_round_trip, make_video,
                      nanmean, pooled_seams)
@@ -54,12 +55,6 @@ class EvalSample:
         return int(self.truth.shape[0])
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_seconds(name: str, value, minimum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a number of seconds >= {minimum:g}, got {value!r}")
@@ -70,8 +65,8 @@ def identity_seeds(identities) -> list[int]:
     """A count (held-out seeds drawn reproducibly) or explicit held-out seeds -> list of seeds."""
     from ..training.synthetic.dataset import sample_identity_seeds
 
-    if isinstance(identities, (int, np.integer)) and not isinstance(identities, bool):
-        return sample_identity_seeds("heldout", _check_count("identities", identities), seed=0)
+    if isinstance(identities, (int, np.integer)):  # a bool too: check_int refuses it by name
+        return sample_identity_seeds("heldout", check_int("identities", identities, 1), seed=0)
     seeds = list(identities)
     if not seeds:
         raise ValueError("identities must be a count >= 1 or a non-empty list of held-out identity seeds")

@@ -169,8 +169,9 @@ def test_drift_ratio_from_constructed_error_sequences():
 def test_bad_evaluation_inputs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a held-out identity"):
         identity_seeds([12])
-    with pytest.raises(ValueError, match="identities"):
-        identity_seeds(0)
+    for bad in (0, True):  # a count of identities is an integer >= 1, and a bool is not one
+        with pytest.raises(ValueError, match=f"identities must be an integer >= 1, got {bad}"):
+            identity_seeds(bad)
     with pytest.raises(ValueError, match="sampler"):
         evaluate_checkpoint(tmp_path / "none.safetensors", sampler="magic")
     with pytest.raises(ValueError, match="drift_seconds"):
