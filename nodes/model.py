@@ -14,7 +14,8 @@ from comfy_api.latest import io
 from letstalk_core.audio import AudioEncoder
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
 from letstalk_core.latents import LatentCodec
-from letstalk_core.pipeline import CARTOON_CHECKPOINT, DEMO_CHECKPOINT, audio_encoder_for, bundled_vae
+from letstalk_core.pipeline import audio_encoder_for, bundled_vae
+from letstalk_core.shipped import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
 
 from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel

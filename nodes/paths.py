@@ -8,7 +8,7 @@ from pathlib import Path
 import folder_paths
 
 from letstalk_core.encoder_names import NAMED_ENCODERS
-from letstalk_core.pipeline import DEMO_CHECKPOINT
+from letstalk_core.shipped import DEMO_CHECKPOINT, SHIPPED_MODELS_DIR
 
 LETSTALK_FOLDER = "letstalk"
 CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
@@ -22,7 +22,7 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[LETSTALK_FOLDER] = ([target], CHECKPOINT_EXTENSIONS)
     elif target not in folder_paths.folder_names_and_paths[LETSTALK_FOLDER][0]:
         folder_paths.add_model_folder_path(LETSTALK_FOLDER, target)
-    bundled = str(DEMO_CHECKPOINT.parent)
+    bundled = str(SHIPPED_MODELS_DIR)
     if bundled not in folder_paths.folder_names_and_paths[LETSTALK_FOLDER][0]:
         folder_paths.add_model_folder_path(LETSTALK_FOLDER, bundled)
 
@@ -57,7 +57,7 @@ def _is_bundled_codec_file(name: str) -> bool:
     path = folder_paths.get_full_path(LETSTALK_FOLDER, name)
     if path is None:
         return False
-    pack_models = DEMO_CHECKPOINT.parent.resolve()
+    pack_models = SHIPPED_MODELS_DIR.resolve()
     resolved = Path(path).resolve()
     return resolved.parent != pack_models and pack_models in resolved.parents
 

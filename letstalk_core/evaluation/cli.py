@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
                     "ground truth (with its floor and ceiling), identity error, seam ratio and drift ratio next "
                     "to their targets.",
     )
-    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the bundled demo model)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped demo model, models/letstalk-demo.safetensors)")
     parser.add_argument("--videos", type=Path, default=None,
                         help="evaluate on real footage instead: a folder of talking-face videos, or a folder written "
                              "by `prepare` (its held-out clips); each clip's first frame is the portrait, its own "
@@ -94,6 +94,7 @@ def run(args) -> int:
     from ..pipeline.cli import sampling_overrides
     from ..training.synthetic.speech import EspeakNotFoundError
     from .real import evaluate_videos, format_real_report
+    from ..shipped import checkpoint_or_demo
     from .runner import evaluate_checkpoint, format_report
 
     if args.json is not None and not Path(args.json).parent.is_dir():
@@ -114,12 +115,13 @@ def run(args) -> int:
     try:
         if args.videos is not None:
             result = evaluate_videos(
-                args.videos, args.checkpoint, **sampling_overrides(args), max_clips=args.max_clips, margin=args.margin,
+                args.videos, checkpoint_or_demo(args.checkpoint), **sampling_overrides(args), max_clips=args.max_clips,
+                margin=args.margin,
                 vae=args.vae, audio_encoder=args.audio_encoder, progress=None if bar is None else progress, log=log)
             report = format_real_report(result)
         else:
             result = evaluate_checkpoint(
-                args.checkpoint, identities=args.identities, seconds=args.seconds, audio=args.audio,
+                checkpoint_or_demo(args.checkpoint), identities=args.identities, seconds=args.seconds, audio=args.audio,
                 drift_seconds=args.drift_seconds, drift_window=args.drift_window,
                 with_sampler_table=args.sampler_table, vae=args.vae, audio_encoder=args.audio_encoder,
                 **sampling_overrides(args), progress=None if bar is None else progress, log=log,

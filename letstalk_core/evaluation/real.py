@@ -100,7 +100,7 @@ def load_real_clips(folder: Path, size: int, *, margin: float = DEFAULT_CROP_MAR
 
 def evaluate_videos(
     videos: str | Path,
-    checkpoint=None,
+    checkpoint,
     *,
     sampler: Optional[str] = None,
     steps: Optional[int] = None,
@@ -116,7 +116,7 @@ def evaluate_videos(
     progress: Optional[Callable[[int, int], None]] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (path, ``LetsTalkPipeline`` or None for the bundled model) on real clips.
+    """Evaluate a checkpoint (path or ``LetsTalkPipeline``) on real clips.
 
     A folder of videos is face-cropped with ``margin`` (None: the margin the checkpoint's training frames
     had, as the pipeline frames a portrait, see ``pipeline.crop_margin``).

@@ -355,7 +355,7 @@ def _sampler_rows(run: _Evaluation, meters: list[MouthMeter], sampler_settings) 
 
 
 def evaluate_checkpoint(
-    checkpoint=None,
+    checkpoint,
     *,
     identities=4,
     seconds: float = 4.0,
@@ -376,7 +376,7 @@ def evaluate_checkpoint(
     progress: Optional[Progress] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (path, loaded ``LetsTalkPipeline``, or None for the bundled demo model).
+    """Evaluate a checkpoint (path or loaded ``LetsTalkPipeline``).
 
     Returns a dict: ``settings``, ``metrics`` (the numbers), ``checks`` (each target with pass/fail),
     ``samples`` (per identity) and, with ``with_sampler_table``, ``sampler_table``. ``drift_seconds``
@@ -427,7 +427,7 @@ def evaluate_checkpoint(
     return result
 
 
-def sampler_table(checkpoint=None, **kwargs) -> list[dict[str, Any]]:
+def sampler_table(checkpoint, **kwargs) -> list[dict[str, Any]]:
     """Only the sampler table (quality and time per clip against sampler and steps)."""
     return evaluate_checkpoint(checkpoint, with_sampler_table=True, drift_seconds=0, **kwargs)["sampler_table"]
 

@@ -12,7 +12,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate", help="make a talking video from a portrait and a speech track",
         description="Portrait + speech -> talking mp4 with the speech muxed in. Without --checkpoint the "
-                    "bundled demo model is used (it animates the synthetic faces it was trained on).",
+                    "shipped demo model is used (models/letstalk-demo.safetensors: the few real people it was "
+                    "trained on, see models/README.md).",
     )
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="LetsTalk checkpoint (.safetensors of this project, or the authors' .ckpt/.pt/.pth)")
@@ -70,12 +71,14 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
+    from ..shipped import checkpoint_or_demo
     from . import LetsTalkPipeline
 
     from ..sampling.options import check_overrides
 
     check_overrides(**sampling_overrides(args))  # before the model loads
-    pipe = LetsTalkPipeline.from_pretrained(args.checkpoint, vae=args.vae, audio_encoder=args.audio_encoder)
+    pipe = LetsTalkPipeline.from_pretrained(checkpoint_or_demo(args.checkpoint), vae=args.vae,
+                                            audio_encoder=args.audio_encoder)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
     steps_per_clip: list[int] = []
     started = time.monotonic()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from letstalk_core.pipeline import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
+from letstalk_core.shipped import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
 from letstalk_core.video import probe, read_video_frames
 from letstalk_core.video.timing import frame_count
 from tests.comfyui.browser import HAVE_BROWSER, run_script
@@ -96,7 +96,7 @@ def test_generate_defaults_and_the_basic_workflow_at_defaults_make_the_same_fram
     comfy_frames = np.stack([np.asarray(Image.open(comfy.default_output_dir / item["subfolder"] / item["filename"]))
                              for item in sorted(saved, key=lambda item: item["filename"])])  # [F, H, W, 3] uint8
 
-    pipe = LetsTalkPipeline.from_pretrained()  # generate's defaults: the bundled demo model
+    pipe = LetsTalkPipeline.from_pretrained(DEMO_CHECKPOINT)  # generate's default: the shipped demo model
     frames = pipe(EXAMPLES / "portrait.png", short, seed=seed)  # [F, H, W, 3] 0..1
     ours = np.clip(255.0 * frames.numpy(), 0, 255).astype(np.uint8)  # as Save Image turns IMAGE into PNG
     assert ours.shape == comfy_frames.shape == (50, *ours.shape[1:])

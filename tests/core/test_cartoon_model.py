@@ -10,7 +10,8 @@ import torch
 
 from letstalk_core.checkpoints import load_checkpoint
 from letstalk_core.evaluation import evaluate_checkpoint
-from letstalk_core.pipeline import CARTOON_CHECKPOINT, LetsTalkPipeline
+from letstalk_core.pipeline import LetsTalkPipeline
+from letstalk_core.shipped import CARTOON_CHECKPOINT
 from letstalk_core.sampling.options import recommended_options
 from letstalk_core.video import probe
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from letstalk_core.checkpoints import load_checkpoint
 from letstalk_core.evaluation.metrics import ssim
-from letstalk_core.pipeline import DEMO_CHECKPOINT, LetsTalkPipeline
+from letstalk_core.pipeline import LetsTalkPipeline
+from letstalk_core.shipped import DEMO_CHECKPOINT
 from letstalk_core.sampling.options import recommended_options
 from letstalk_core.video import probe, read_video_frames
 from letstalk_core.video.timing import frame_count
@@ -62,7 +63,7 @@ def test_generate_makes_the_bundled_real_portrait_talk_in_its_own_frame_with_its
     speaker's held-out sentences at 44.1 kHz): a 360x288 video, the face pasted back, one frame per 40 ms of
     speech, the user's own track in the mp4; and the face in it is the portrait's person, not noise."""
     speech, rate = soundfile.read(str(EXAMPLES / "speech.wav"), dtype="float32")
-    pipe = LetsTalkPipeline.from_pretrained()
+    pipe = LetsTalkPipeline.from_pretrained(DEMO_CHECKPOINT)
     assert Path(pipe.checkpoint.path).resolve() == DEMO_CHECKPOINT.resolve()
     conditions = pipe.prepare(EXAMPLES / "portrait.png", EXAMPLES / "speech.wav")
     assert conditions.portrait.crop.face_detected
@@ -106,7 +107,7 @@ def test_on_a_held_out_real_clip_the_person_is_kept(tmp_path):
     videos.mkdir()
     for source in (clip, partner):
         (videos / source.name).symlink_to(source)
-    result = evaluate_videos(videos, None, steps=10, max_clips=2)
+    result = evaluate_videos(videos, DEMO_CHECKPOINT, steps=10, max_clips=2)
     metrics = result["metrics"]
     assert result["settings"]["clips"] == ["bbbs7a.mpg", "bbifzp.mpg"]
     assert metrics["sync_ceiling"] > 0.8, metrics

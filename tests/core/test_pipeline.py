@@ -242,6 +242,17 @@ def test_generate_cli(assets, tmp_path):
     assert bad.returncode != 0 and "steps must be an integer >= 1" in bad.stderr
 
 
+def test_the_library_takes_the_checkpoint_it_is_given_and_only_the_command_line_falls_back(tmp_path):
+    """No library function guesses a checkpoint; `generate` without --checkpoint takes the shipped one."""
+    from letstalk_core.shipped import DEMO_CHECKPOINT, checkpoint_or_demo
+
+    with pytest.raises(ValueError, match="checkpoint: give a LetsTalk checkpoint"):
+        load_parts(None)
+    assert checkpoint_or_demo(tmp_path / "mine.safetensors") == tmp_path / "mine.safetensors"
+    if DEMO_CHECKPOINT.is_file():
+        assert checkpoint_or_demo(None) == DEMO_CHECKPOINT
+
+
 def test_generate_cli_speaks_of_files_and_warns_of_very_short_speech(assets, tmp_path):
     def generate(audio, out):
         return subprocess.run(
