@@ -1,10 +1,12 @@
-"""With previews switched on (--preview-method), the sampler shows each finished clip's last frame."""
+"""With previews switched on (--preview-method), the sampler shows each finished clip's last frame, and its
+progress as text."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import json
+import struct
 import uuid
 from pathlib import Path
 
@@ -17,16 +19,25 @@ from tests.helpers import TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS, make_tiny_b
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def run_and_count_previews(url: str, workflow: dict) -> tuple[int, str]:
+PREVIEW_EVENTS, TEXT_EVENT = {1, 2, 4}, 3  # ComfyUI's binary messages: previews (plain or with metadata), text
+
+
+async def run_and_count_previews(url: str, workflow: dict) -> tuple[int, list[tuple[str, str]], str]:
+    """The preview images, the progress texts (node id, text) and how the prompt ended."""
     client_id = uuid.uuid4().hex
-    previews, status = 0, "unknown"
+    previews, texts, status = 0, [], "unknown"
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
             async with session.post(f"{url}/prompt", json={"prompt": workflow, "client_id": client_id}) as answer:
                 prompt_id = (await answer.json())["prompt_id"]
             async for message in ws:
                 if message.type == aiohttp.WSMsgType.BINARY:
-                    previews += 1
+                    kind = struct.unpack(">I", message.data[:4])[0]
+                    if kind in PREVIEW_EVENTS:
+                        previews += 1
+                    elif kind == TEXT_EVENT:
+                        length = struct.unpack(">I", message.data[4:8])[0]
+                        texts.append((message.data[8:8 + length].decode(), message.data[8 + length:].decode()))
                 elif message.type == aiohttp.WSMsgType.TEXT:
                     event = json.loads(message.data)
                     data = event.get("data", {})
@@ -35,7 +46,7 @@ async def run_and_count_previews(url: str, workflow: dict) -> tuple[int, str]:
                     if event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
                         status = event["type"]
                         break
-    return previews, status
+    return previews, texts, status
 
 
 def test_sampler_sends_one_preview_per_clip(tmp_path):
@@ -48,8 +59,18 @@ def test_sampler_sends_one_preview_per_clip(tmp_path):
         workflow["2"]["inputs"]["audio"] = "talk.wav"
         workflow["3"]["inputs"]["checkpoint"] = "tiny.safetensors"
         workflow["7"]["inputs"].update(sampler="ddim", steps=2, **TINY_SAMPLER_INPUTS)
-        previews, status = asyncio.run(asyncio.wait_for(run_and_count_previews(server.url, workflow), 600))
+        previews, texts, status = asyncio.run(asyncio.wait_for(run_and_count_previews(server.url, workflow), 600))
     assert status == "execution_success"
     # 12 frames in clips of 4 with the workflow's overlap: one preview per clip sampled
     clips = clip_plan(12, TINY_FRAMES_PER_CLIP, workflow["7"]["inputs"].get("overlap_frames", 0))
     assert previews == len(clips) and len(clips) > 1
+    # and on the sampler node, as text beside its bar: the clip it is on, then each clip done with the time left
+    on_sampler = [text for node, text in texts if node == "7"]
+    assert on_sampler[0] == f"sampling clip 1 of {len(clips)}..."
+    assert [text.split(",")[0] for text in on_sampler[1:-1]] == [f"clip {n} of {len(clips)} done" for n in
+                                                                  range(1, len(clips))]
+    assert on_sampler[-1].startswith(f"all {len(clips)} clips sampled in ")
+    # the 0.46 s speech runs with a warning on the Encode Speech node
+    assert [text for node, text in texts if node == "5"] == [
+        "LetsTalk: ComfyUI AUDIO input lasts only 0.46 s, so the video will be 12 frames long; a mouth that moves "
+        "with words needs at least 0.5 s of speech"]
