@@ -8,7 +8,7 @@ import weakref
 from comfy_api.latest import io
 from server import PromptServer
 
-from letstalk_core.audio import AudioEncoder, load_audio_encoder, wav2vec2_encoder_from_state_dict
+from letstalk_core.audio import NAMED_ENCODERS, AudioEncoder, load_audio_encoder, wav2vec2_encoder_from_state_dict
 from letstalk_core.pipeline import SpeechConditioning
 
 from .paths import audio_encoder_choices, resolve_audio_encoder
@@ -46,8 +46,8 @@ class LoadLetsTalkAudioEncoder(io.ComfyNode):
     def validate_inputs(cls, encoder_name: str) -> bool | str:
         choices = audio_encoder_choices()
         if encoder_name not in choices:
-            return (f"'{encoder_name}' is neither 'mel' nor a file in models/audio_encoders/; "
-                    f"available: {', '.join(choices[:20])}")
+            return (f"encoder_name: '{encoder_name}' is none of {', '.join(NAMED_ENCODERS)} and no file in "
+                    f"models/audio_encoders/; available: {', '.join(choices[:20])}")
         return True
 
     @classmethod

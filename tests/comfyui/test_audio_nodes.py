@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from scripts.comfy_harness import ComfyExecutionError, ComfyValidationError
-from tests.helpers import make_tiny_bundle, write_portrait
+from tests.helpers import assert_options_exist, make_tiny_bundle, write_portrait
 
 
 def write_speechlike(path, seconds: float, sample_rate: int, channels: int = 1) -> None:
@@ -47,6 +47,10 @@ def test_unknown_audio_encoder_is_refused_by_name(comfy):
     with pytest.raises(ComfyValidationError) as info:
         comfy.client.submit(frame_count_workflow("ok.wav", 25.0, encoder="no_such_encoder.safetensors"))
     assert "LoadLetsTalkAudioEncoder" in str(info.value) and "encoder_name" in str(info.value)
+    [details] = [error["details"].split(" - ", 1)[1] for node in info.value.node_errors.values()
+                 for error in node["errors"]]  # ComfyUI writes "<input> - <the node's message>"
+    assert details.startswith("encoder_name: 'no_such_encoder.safetensors' is none of mel, phones, phones+mel")
+    assert_options_exist(comfy, "LoadLetsTalkAudioEncoder", details)
 
 
 def test_audio_shorter_than_a_frame_fails_naming_the_node_and_server_keeps_serving(comfy):
