@@ -32,6 +32,10 @@ def add_parser(subparsers) -> None:
     prepare.add_argument("--holdout-fraction", type=float, default=0.25,
                          help="share of each folder's clips held out of training for evaluation (default 0.25; "
                               "folders of fewer than 4 clips are all trained on); the manifest records the split")
+    prepare.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
+                         help="also hold out the clips this name pattern matches (relative to --videos, shell "
+                              "wildcards, e.g. 'grid/s1/bbbs7a.mpg' or '*/lbax4n.*'); may be given several times. "
+                              "A rerun with other patterns rewrites the split without preparing anything again")
     prepare.set_defaults(func=run_prepare)
 
     train = subparsers.add_parser(
@@ -78,7 +82,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             args.videos, args.out, fps=args.fps, size=args.size, audio_encoder=args.audio_encoder, vae=args.vae,
             on_no_face="center" if args.no_face_detection else args.on_no_face,
             detector="none" if args.no_face_detection else "mtcnn", margin=args.margin,
-            holdout_fraction=args.holdout_fraction, progress=progress)
+            holdout_fraction=args.holdout_fraction, hold_out=args.hold_out, progress=progress)
     finally:
         bar.close()
     print(report.summary())

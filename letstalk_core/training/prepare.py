@@ -24,12 +24,14 @@ the skipped ones again).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
 import math
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -65,10 +67,20 @@ class PrepareReport:
     already: list[str] = field(default_factory=list)  # found in the manifest from an earlier run
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
     manifest_path: Optional[Path] = None
+    seconds: float = 0.0  # wall time of the videos looked at in this run (prepared or skipped)
+    heldout: list[str] = field(default_factory=list)  # the clips the split holds out of training
+
+    @property
+    def clips_per_minute(self) -> Optional[float]:
+        """Videos prepared per minute of wall time in this run (None when none was prepared)."""
+        return len(self.prepared) * 60.0 / self.seconds if self.prepared and self.seconds > 0 else None
 
     def summary(self) -> str:
-        lines = [f"prepared {len(self.prepared)} video(s), {len(self.already)} already in the manifest, "
-                 f"skipped {len(self.skipped)}"]
+        speed = self.clips_per_minute
+        lines = [f"prepared {len(self.prepared)} video(s)"
+                 + (f" in {self.seconds / 60:.1f} min ({speed:.1f} clips per minute)" if speed else "")
+                 + f", {len(self.already)} already in the manifest, skipped {len(self.skipped)}; "
+                 f"{len(self.heldout)} held out of training (manifest 'split')"]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
         return "\n".join(lines)
 
@@ -249,14 +261,17 @@ def prepare_dataset(
     margin: float = DEFAULT_CROP_MARGIN,
     min_frames: int = 2,
     holdout_fraction: float = 0.25,
+    hold_out: tuple[str, ...] | list[str] = (),
     progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> PrepareReport:
     """Prepare every video under ``videos_dir`` into ``out_dir`` (see the module docstring).
 
     ``detector``: "mtcnn", "none" (centre crop for all, needs ``on_no_face="center"``) or a callable
     ``uint8 [H, W, 3] -> [((x0, y0, x1, y1), probability), ...]``. ``holdout_fraction``: the share of each
-    folder's clips held out of training (see :func:`split_clips`). ``progress(done, total, name)`` is
-    called after each video.
+    folder's clips held out of training (see :func:`split_clips`); ``hold_out``: patterns of clip names
+    (relative to ``videos_dir``, shell wildcards: ``grid/s1/bbbs7a.mpg``, ``*/lbax4n.*``) held out as well,
+    for clips an evaluation must not have trained on. ``progress(done, total, name)`` is called after each
+    video.
     """
     from ..audio import load_audio_encoder
     from ..latents import load_vae
@@ -270,10 +285,17 @@ def prepare_dataset(
                          f"training), got {holdout_fraction!r}")
     if on_no_face not in ON_NO_FACE:
         raise ValueError(f"on_no_face must be one of {list(ON_NO_FACE)}, got {on_no_face!r}")
+    hold_out = check_hold_out(hold_out)
     if (detector is None or detector == "none") and on_no_face == "skip":
         raise ValueError("detector 'none' finds no faces, so every video would be skipped; pass on_no_face='center'")
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     videos = find_videos(videos_dir)
+    names = [video.relative_to(videos_dir).as_posix() for video in videos]
+    for pattern in hold_out:  # a pattern that names no video is a typo, said before hours of work
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(f"hold_out pattern {pattern!r} matches no video under {str(videos_dir)!r} (patterns "
+                             "are clip names relative to that folder, with shell wildcards, e.g. 'grid/s1/bbbs7a.mpg' "
+                             "or '*/lbax4n.*')")
     encoder = load_audio_encoder(audio_encoder)
     codec = load_vae(vae) if vae is not None else None
     settings = {
@@ -300,11 +322,11 @@ def prepare_dataset(
     manifest["skipped"] = []
     report = PrepareReport(manifest_path=manifest_path)
     next_index = max((int(Path(e["shard"]).stem) for e in manifest["videos"]), default=-1) + 1
-    for position, video in enumerate(videos):
-        name = video.relative_to(videos_dir).as_posix()
+    for position, (video, name) in enumerate(zip(videos, names)):
         if name in done:
             report.already.append(name)
         else:
+            started = time.perf_counter()
             try:
                 tensors, entry = prepare_video(video, fps=fps, size=size, encoder=encoder, codec=codec,
                                                detector=detector, margin=margin, on_no_face=on_no_face,
@@ -320,25 +342,39 @@ def prepare_dataset(
                 manifest["videos"].append({"name": name, "shard": shard, **entry})
                 report.prepared.append(name)
             _write_json_atomic(manifest_path, manifest)
+            report.seconds += time.perf_counter() - started
         if progress is not None:
             progress(position + 1, len(videos), name)
-    heldout = split_clips([entry["name"] for entry in manifest["videos"]], holdout_fraction)
+    heldout = split_clips([entry["name"] for entry in manifest["videos"]], holdout_fraction, hold_out)
     for entry in manifest["videos"]:
         entry["split"] = "heldout" if entry["name"] in heldout else "train"
-    manifest["split"] = {"holdout_fraction": holdout_fraction, "rule": SPLIT_RULE, "heldout": sorted(heldout)}
+    manifest["split"] = {"holdout_fraction": holdout_fraction, "hold_out": list(hold_out), "rule": SPLIT_RULE,
+                         "heldout": sorted(heldout)}
     _write_json_atomic(manifest_path, manifest)
+    report.heldout = sorted(heldout)
     return report
+
+
+def check_hold_out(hold_out) -> tuple[str, ...]:
+    """``hold_out`` as a tuple of non-empty pattern strings, or a ValueError naming it."""
+    if isinstance(hold_out, str):
+        hold_out = (hold_out,)
+    if not isinstance(hold_out, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in hold_out):
+        raise ValueError(f"hold_out must be a list of clip-name patterns (e.g. ['grid/s1/bbbs7a.mpg', '*/lbax4n.*']), "
+                         f"got {hold_out!r}")
+    return tuple(p.strip() for p in hold_out)
 
 
 SPLIT_RULE = ("clips are grouped by the folder they are in (one speaker or one recording session); in every folder "
               f"of at least {MIN_CLIPS_TO_HOLD_OUT} prepared clips, round(holdout_fraction x clips) of them, those "
               "whose names have the smallest SHA-1, are held out: the trainer never reads them, evaluation uses them. "
-              "One sentence per clip (as GRID and most corpora record them) makes this a split by sentence.")
+              "Clips named by a hold_out pattern (--hold-out) are held out as well. One sentence per clip (as GRID and "
+              "most corpora record them) makes this a split by sentence.")
 
 
-def split_clips(names: list[str], holdout_fraction: float) -> set[str]:
+def split_clips(names: list[str], holdout_fraction: float, hold_out: tuple[str, ...] = ()) -> set[str]:
     """The clip names held out of training: per folder, by the rule in :data:`SPLIT_RULE` (deterministic, so a
-    rerun over the same clips gives the same split)."""
+    rerun over the same clips gives the same split), and every name a ``hold_out`` pattern matches."""
     folders: dict[str, list[str]] = {}
     for name in names:
         folders.setdefault(name.rpartition("/")[0], []).append(name)
@@ -347,4 +383,6 @@ def split_clips(names: list[str], holdout_fraction: float) -> set[str]:
         if len(clips) >= MIN_CLIPS_TO_HOLD_OUT:
             count = round(holdout_fraction * len(clips))
             heldout.update(sorted(clips, key=lambda n: hashlib.sha1(n.encode("utf-8")).hexdigest())[:count])
+    for pattern in hold_out:
+        heldout.update(fnmatch.filter(names, pattern))
     return heldout

@@ -76,6 +76,8 @@ def test_prepare_skips_broken_and_faceless_and_resumes(videos, tmp_path, tiny_va
     out = tmp_path / "prepared"
     report = prepare_dataset(videos, out, fps=25, size=64, audio_encoder="mel", vae=tiny_vae)
     assert sorted(report.prepared) == ["alice.mp4", "nested/bob.mp4"]
+    assert report.seconds > 0 and report.clips_per_minute == pytest.approx(2 * 60 / report.seconds)
+    assert "clips per minute" in report.summary()
     reasons = dict(report.skipped)
     assert set(reasons) == {"broken.mp4", "wall.mp4"}
     assert "broken" in reasons["broken.mp4"]
@@ -253,6 +255,18 @@ def test_split_holds_out_clips_per_folder_and_training_never_reads_them(tmp_path
     assert read_manifest(out)["split"]["heldout"] == heldout
     prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.0)
     assert read_manifest(out)["split"]["heldout"] == [] and len(PreparedSource(out)) == 9
+    # named clips are held out on top of the fraction, and a rerun prepares nothing again to move the split
+    report = prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.25,
+                             hold_out=["long_talk/*", "speaker_a/s7.mp4"])
+    assert not report.prepared and len(report.already) == 9 and report.clips_per_minute is None
+    assert set(report.heldout) >= {"long_talk/part1.mp4", "speaker_a/s7.mp4"}
+    assert set(report.heldout) == set(heldout) | {"long_talk/part1.mp4", "speaker_a/s7.mp4"}
+    assert read_manifest(out)["split"]["hold_out"] == ["long_talk/*", "speaker_a/s7.mp4"]
+    assert "held out of training" in report.summary()
+    with pytest.raises(ValueError, match=r"hold_out pattern 'speaker_b/\*' matches no video"):
+        prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", hold_out=["speaker_b/*"])
+    with pytest.raises(ValueError, match=r"hold_out must be a list of clip-name patterns"):
+        prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", hold_out=[""])
     for bad in (-0.1, 1.0, "a quarter", True):
         with pytest.raises(ValueError, match=r"holdout_fraction must be a number in \[0, 1\)"):
             prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=bad)
