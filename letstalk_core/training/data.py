@@ -86,6 +86,7 @@ class PreparedSource:
                              "'skipped' list and its 'split')")
         encoder = self.manifest["audio_encoder"]
         self.num_layers, self.feature_dim = int(encoder["num_layers"]), int(encoder["feature_dim"])
+        self.feature_slice: slice | None = None  # a part of the cached features (see use_features_of)
         self.fps = int(self.manifest["fps"])
         self._cache = _Cache(cache_videos)
 
@@ -105,10 +106,27 @@ class PreparedSource:
             raise FileNotFoundError(f"shard {str(path)!r} of video {entry['name']!r} is missing; rerun prepare")
         with safe_open(str(path), framework="pt") as shard:
             features = shard.get_tensor("audio_features")  # [N, L, D]
+            if self.feature_slice is not None:
+                features = features[..., self.feature_slice].contiguous()
             mouth_box = tuple(entry["mouth_box"]) if entry.get("mouth_box") else None
             if self.use_latents:
                 return VideoRecord(entry["name"], features, latents=shard.get_tensor("latents"), mouth_box=mouth_box)
             return VideoRecord(entry["name"], features, frames=shard.get_tensor("frames"), mouth_box=mouth_box)
+
+
+    def use_features_of(self, asked: str) -> bool:
+        """Serve the part of cached "phones+mel" features that the encoder ``asked`` ("phones" or "mel") gives
+        alone: the phone distribution comes first, the log-mel bands after it (see ``PhoneAudioEncoder``).
+        Returns whether the cached features hold ``asked``'s; one prepared folder then serves all three."""
+        from ..audio.phones import PHONES
+
+        prepared = named_encoder(self.manifest["audio_encoder"].get("name"))
+        if prepared != "phones+mel" or asked not in ("phones", "mel"):
+            return False
+        self.feature_slice = slice(0, len(PHONES)) if asked == "phones" else slice(len(PHONES), None)
+        self.feature_dim = len(PHONES) if asked == "phones" else self.feature_dim - len(PHONES)
+        self._cache = _Cache(self._cache.capacity)
+        return True
 
 
 class SyntheticSource:
@@ -305,7 +323,8 @@ def build_source(config, encoder):
             raise ValueError(f"{d.path!r} was prepared at {source.fps} fps, the config asks for data.fps {d.fps}")
         prepared_with = named_encoder(source.manifest["audio_encoder"].get("name"))
         asked = named_encoder(config.audio.encoder)
-        if (prepared_with or asked) and prepared_with != asked:  # e.g. phones vs mel, even at equal widths
+        if (prepared_with or asked) and prepared_with != asked and not source.use_features_of(asked):
+            # e.g. phones vs mel, even at equal widths (phones+mel data serves either part alone)
             raise ValueError(f"{d.path!r} was prepared with the audio encoder "
                              f"{source.manifest['audio_encoder']['name']!r} but audio.encoder is "
                              f"{config.audio.encoder!r}; prepare again with --audio-encoder {config.audio.encoder} "

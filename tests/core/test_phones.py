@@ -345,3 +345,42 @@ def test_prepare_with_phones_and_training_that_asks_for_mel_is_refused(tmp_path,
     # 41 mel bands are as wide as the phones: refused by the names, not the widths
     with pytest.raises(ValueError, match=r"prepared with the audio encoder 'phones' but audio.encoder is 'mel'"):
         source_for("mel")
+
+
+def test_phones_and_mel_prepared_together_serve_each_alone(tmp_path, pop_bob_mom):
+    """One folder prepared with "phones+mel" trains a "phones" or a "mel" model (the ablation's three front ends on
+    the same clips): each is served exactly the features its own encoder computes from the same speech."""
+    from letstalk_core.audio import MonoAudio, encode_audio
+    from letstalk_core.training.config import config_from_dict
+    from letstalk_core.training.data import build_source
+    from letstalk_core.training.prepare import prepare_dataset, read_manifest
+    from safetensors.torch import load_file
+    from tests.helpers import write_mp4
+
+    audio, _ = pop_bob_mom
+    (tmp_path / "videos").mkdir()
+    frames = np.full((int(audio.seconds * 25), 48, 48, 3), 120, np.uint8)  # [N, H, W, 3]
+    write_mp4(tmp_path / "videos" / "a.mp4", frames, 25, audio=audio.samples.numpy(), sample_rate=SR)
+    out = tmp_path / "prepared"
+    prepare_dataset(tmp_path / "videos", out, size=32, audio_encoder="phones+mel", detector="none",
+                    on_no_face="center", holdout_fraction=0)
+
+    def source_for(encoder: str):
+        config = config_from_dict({"output_dir": str(tmp_path / "run"), "audio": {"encoder": encoder},
+                                   "data": {"source": "prepared", "path": str(out), "resolution": 32},
+                                   "vae": {"path": str(tmp_path / "not_read.safetensors")}})
+        return build_source(config, load_audio_encoder(encoder))
+
+    both = source_for("phones+mel").load(0).audio_features  # [N, 1, 41 + 80]
+    assert both.shape[1:] == (1, len(PHONES) + 80)
+    cached = load_file(out / read_manifest(out)["videos"][0]["shard"])["audio"]  # [T] 16 kHz, what was encoded
+    speech = MonoAudio(samples=cached, sample_rate=SR, source="the cached speech")
+    for name, part in (("phones", both[..., :len(PHONES)]), ("mel", both[..., len(PHONES):])):
+        source = source_for(name)
+        served = source.load(0).audio_features  # [N, 1, D]
+        assert source.feature_dim == served.shape[-1] == part.shape[-1]
+        torch.testing.assert_close(served, part)
+        own = encode_audio(speech, load_audio_encoder(name), fps=25).features.float()  # [N', 1, D]
+        count = min(served.shape[0], own.shape[0])
+        assert count >= served.shape[0] - 1
+        torch.testing.assert_close(served[:count], own[:count], atol=1e-4, rtol=1e-4)
