@@ -14,7 +14,7 @@ Sections (all optional except where a preset leaves a value to fill in)::
                learning_rate, lr_decay_steps, audio_projection_learning_rate, zero_init_audio_attention, weight_decay,
                adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every, init_from}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
-              memory_drop, mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
+              memory_drop, mouth_loss_weight, audio_mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
               dropout: {audio, portrait, both}}
 
 Relative paths in the file are taken relative to the file's own folder.
@@ -145,6 +145,10 @@ class RecipeConfig:
     # Beyond the authors' recipe: the epsilon error of latents over the mouth counts 1 + this many times
     # (videos that know their mouth box: the synthetic world's). 0: the authors' uniform loss.
     mouth_loss_weight: float = 0.0
+    # Beyond the authors' recipe: the audio tokens are asked to predict the mouth's motion in the clean latents
+    # (training/listening.py), weighted by this against the diffusion loss; needs a trained audio projection
+    # (training.audio_projection_learning_rate not 0) and clips with a mouth box. 0: off.
+    audio_mouth_loss_weight: float = 0.0
     # Beyond the authors' recipe: Min-SNR-gamma weighting (Hang et al. 2023) of the epsilon error,
     # min(SNR, gamma) / SNR per sample, so that the nearly clean timesteps, whose epsilon error is large
     # and says little, stop dominating the loss. 0: the authors' unweighted loss.
@@ -325,6 +329,17 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not (isinstance(r.mouth_loss_weight, (int, float)) and not isinstance(r.mouth_loss_weight, bool)
             and 0 <= r.mouth_loss_weight <= 1000):
         raise ValueError(f"recipe.mouth_loss_weight must be a number in 0..1000, got {r.mouth_loss_weight!r}")
+    if not (isinstance(r.audio_mouth_loss_weight, (int, float)) and not isinstance(r.audio_mouth_loss_weight, bool)
+            and 0 <= r.audio_mouth_loss_weight <= 1000):
+        raise ValueError(f"recipe.audio_mouth_loss_weight must be a number in 0..1000 (0 turns it off), got "
+                         f"{r.audio_mouth_loss_weight!r}")
+    if r.audio_mouth_loss_weight and t.audio_projection_learning_rate == 0:
+        raise ValueError("recipe.audio_mouth_loss_weight trains the audio projection to carry the mouth's motion, but "
+                         "training.audio_projection_learning_rate is 0 (the projection frozen); set a rate (or null: "
+                         "the model's) or set recipe.audio_mouth_loss_weight to 0")
+    if r.audio_mouth_loss_weight and t.fsdp:
+        raise ValueError("recipe.audio_mouth_loss_weight is not supported with training.fsdp (its head is not "
+                         "sharded); train unsharded or set it to 0")
     if not (isinstance(r.snr_gamma, (int, float)) and not isinstance(r.snr_gamma, bool)
             and math.isfinite(r.snr_gamma) and r.snr_gamma >= 0):
         raise ValueError(f"recipe.snr_gamma must be a number >= 0 (0 turns the weighting off), got {r.snr_gamma!r}")

@@ -156,6 +156,7 @@ class DiffusionLoss:
     loss: torch.Tensor  # scalar, what is optimised
     mse: torch.Tensor  # [B]
     vb: torch.Tensor  # [B]
+    audio_mouth: torch.Tensor | None = None  # scalar, recipe.audio_mouth_loss_weight's objective (already in loss)
 
 
 def diffusion_loss(

@@ -15,7 +15,8 @@ Stages (``stages`` in the config):
 Outputs in ``output_dir``: ``checkpoints/step_XXXXXXX.safetensors`` and ``letstalk.safetensors`` (the
 project format through ``save_checkpoint``, EMA weights, with the VAE and the audio encoder's config
 bundled when known) and ``training_state.pt`` / ``vae_state.pt``: everything needed to resume (raw and
-EMA weights, optimiser, step), tensors and plain values only, read back with ``weights_only=True``.
+EMA weights, optimiser, step; with ``recipe.audio_mouth_loss_weight`` the head of :mod:`.listening`, which
+the bundle leaves out), tensors and plain values only, read back with ``weights_only=True``.
 Every random draw of a training sample comes from a generator seeded by (seed, its position in the data
 order), and the data order from (seed, epoch), so a resumed run continues the loss curve of an
 uninterrupted one exactly.
@@ -51,10 +52,13 @@ from ..model.transformer import LetsTalkBlock
 from ..weights import read_torch_file
 from .config import TrainConfig, save_config
 from .data import ClipDataset, DataOrder, _Cache, build_source, collate, mouth_weights
+from .listening import MOUTH_GRID, AudioMouthHead, audio_mouth_loss
 from .losses import DiffusionSchedule, diffusion_loss
 from .probe import PROBE_CLIPS, PROBE_TIMESTEP, PROBE_TIMESTEPS, conditioning_probe, describe_probe
 from .sharding import shard_like, shard_modules, shard_optimizer_state, whole_state
 from .recipe import (
+    DROP_AUDIO,
+    DROP_BOTH,
     add_pixel_noise,
     apply_condition_dropout,
     corrupt_memory_latents,
@@ -173,12 +177,26 @@ class TransformerTrainer:
         self.model = LetsTalkTransformer(**self.model_kwargs).initialize_weights(
             zero_audio_attention=t.zero_init_audio_attention)
         self.audio_proj = AudioProjection(**self.audio_proj_kwargs)
+        # the training companion of recipe.audio_mouth_loss_weight (listening.py): in the state, not the bundle
+        self.mouth_head = None
+        if config.recipe.audio_mouth_loss_weight:
+            rows, cols = MOUTH_GRID
+            self.mouth_head = AudioMouthHead(config.audio.num_tokens, config.audio.output_dim,
+                                             config.model.in_channels * rows * cols)
         if t.init_from is not None and not resume:
             self._init_from(t.init_from)
         state = load_training_state(self.output_dir / TRANSFORMER_STATE) if resume else None
         if state is not None:  # whole weights into the whole modules, before any sharding
             self.model.load_state_dict(state["model"])
             self.audio_proj.load_state_dict(state["audio_proj"])
+            if (self.mouth_head is None) != (state.get("mouth_head") is None):
+                raise ValueError(f"the training state in {str(self.output_dir)!r} was saved "
+                                 f"{'without' if self.mouth_head is not None else 'with'} recipe.audio_mouth_loss_weight "
+                                 "and the config now turns it "
+                                 f"{'on' if self.mouth_head is not None else 'off'}; resume with the config it was "
+                                 "saved with (its config.yaml), or train into a new output folder")
+            if self.mouth_head is not None:
+                self.mouth_head.load_state_dict(state["mouth_head"])
         if t.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.sharded = t.fsdp and self.accelerator.num_processes > 1
@@ -188,14 +206,18 @@ class TransformerTrainer:
             shard_modules(self.model, [self.audio_proj], self.accelerator.device, LetsTalkBlock)
         audio_rate = t.learning_rate if t.audio_projection_learning_rate is None else t.audio_projection_learning_rate
         self.base_rates = (t.learning_rate, audio_rate)  # before the decay (lr_decay_steps)
-        groups = [{"params": list(module.parameters()), "lr": rate}
-                  for module, rate in zip((self.model, self.audio_proj), self.base_rates)]
+        modules = (self.model, self.audio_proj)
+        if self.mouth_head is not None:  # the head learns at the projection's rate
+            self.base_rates += (audio_rate,)
+            modules += (self.mouth_head,)
+        groups = [{"params": list(module.parameters()), "lr": rate} for module, rate in zip(modules, self.base_rates)]
         self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=t.adam_betas,
                                            weight_decay=t.weight_decay)
         self.ema = EMAModel(self._parameters(), decay=t.ema_decay)
         self.step = 0  # optimiser steps done
         self.micro_step = 0  # batches seen by this process (steps x accumulation)
         self.last_losses: list[float] = []
+        self.last_audio_mouth: Optional[float] = None  # the listening objective of the last batch (1: explains nothing)
         self._latent_cache = _Cache(config.data.cache_videos)  # video index -> clean latents [N, C, h, w]
         if state is not None:
             self._load_state(state)
@@ -204,6 +226,8 @@ class TransformerTrainer:
         else:
             self.model, self.audio_proj, self.optimizer = self.accelerator.prepare(self.model, self.audio_proj,
                                                                                    self.optimizer)
+            if self.mouth_head is not None:
+                self.mouth_head = self.accelerator.prepare(self.mouth_head)
         self.ema.to(self.accelerator.device)
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -302,6 +326,7 @@ class TransformerTrainer:
             "seed": self.config.seed,
             "model": model,
             "audio_proj": audio_proj,
+            "mouth_head": None if self.mouth_head is None else _cpu_state(unwrap(self.mouth_head)),
             "optimizer": optimizer,
             "ema": ema,
             "data_order": {"seed": self.order.seed, "num_items": self.order.num_items, "position": self.micro_step},
@@ -389,8 +414,13 @@ class TransformerTrainer:
         if r.mouth_loss_weight and "mouth_box" in batch:
             weights = mouth_weights(batch["mouth_box"], latents.shape[-2], latents.shape[-1],
                                     r.mouth_loss_weight).to(device)  # [B, 1, 1, h, w]
-        return diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps, weights, snr_gamma=r.snr_gamma,
+        loss = diffusion_loss(self.schedule, output, latents, noisy, noise, timesteps, weights, snr_gamma=r.snr_gamma,
                               snr_floor=r.snr_floor, max_weight=r.max_loss_weight)
+        if self.mouth_head is not None:
+            keep = (choice != DROP_AUDIO) & (choice != DROP_BOTH)  # [B]
+            loss.audio_mouth = audio_mouth_loss(self.mouth_head, audio_tokens, latents, batch["mouth_box"], keep)
+            loss.loss = loss.loss + r.audio_mouth_loss_weight * loss.audio_mouth
+        return loss
 
     def train_step(self) -> Optional[float]:
         """One batch; returns the loss of the batch. The optimiser steps every
@@ -404,7 +434,9 @@ class TransformerTrainer:
         factor = self.learning_rate_factor(self.step)
         for group, rate in zip(self.optimizer.param_groups, self.base_rates):
             group["lr"] = rate * factor
-        with acc.accumulate(self.model, self.audio_proj):
+        if self.mouth_head is not None:
+            self.mouth_head.train()
+        with acc.accumulate(self.model, self.audio_proj, *([self.mouth_head] if self.mouth_head is not None else [])):
             loss = self.compute_loss(batch, generators)
             acc.backward(loss.loss)
             if acc.sync_gradients and t.grad_clip is not None and self.step >= t.grad_clip_after:
@@ -412,6 +444,8 @@ class TransformerTrainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.micro_step += 1
+        if loss.audio_mouth is not None:
+            self.last_audio_mouth = float(loss.audio_mouth.detach())
         if acc.sync_gradients:
             self.step += 1
             self.ema.step(self._parameters())
@@ -440,12 +474,16 @@ class TransformerTrainer:
             "batch_size": cfg.training.batch_size * cfg.training.gradient_accumulation_steps,  # global, per step
             "resolution": cfg.data.resolution,
             "fps": cfg.data.fps,
+            "data_source": cfg.data.source,  # "prepared" (real footage) or "synthetic" (the cartoon world)
             # how much of the head the training frames showed (prepare's --margin): inference crops alike
             "crop_margin": getattr(self.source, "manifest", {}).get("margin"),
             "recipe": {"portrait_noise_log_mean": cfg.recipe.portrait_noise_log_mean,
                        "portrait_noise_log_std": cfg.recipe.portrait_noise_log_std,
                        "memory_max_timestep": cfg.recipe.memory_max_timestep,
-                       "memory_mask_fraction": cfg.recipe.memory_mask_fraction},
+                       "memory_mask_fraction": cfg.recipe.memory_mask_fraction,
+                       "memory_drop": cfg.recipe.memory_drop,
+                       "mouth_loss_weight": cfg.recipe.mouth_loss_weight,
+                       "audio_mouth_loss_weight": cfg.recipe.audio_mouth_loss_weight},
         }
 
     def audio_encoder_config(self) -> dict:
@@ -600,7 +638,9 @@ class TransformerTrainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", avg=f"{running:.4f}")
                     if self.step % t.log_every == 0 and self.accelerator.is_main_process:
-                        logger.info("step %d loss %.5f (running %.5f)", self.step, value, running)
+                        logger.info("step %d loss %.5f (running %.5f)%s", self.step, value, running,
+                                    "" if self.last_audio_mouth is None else
+                                    f"; audio->mouth {self.last_audio_mouth:.3f} of the motion unexplained")
                     if self.step % t.save_every == 0 and self.step < max_steps:
                         self.save()
         finally:
