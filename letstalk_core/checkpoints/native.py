@@ -87,6 +87,16 @@ class LetsTalkCheckpoint:
         return None if margin is None else float(margin)
 
     @property
+    def trained_on_real_footage(self) -> bool | None:
+        """True for a model trained on real videos (``prepare``'s folders), False for the synthetic world's
+        cartoon faces, None when the file does not say (e.g. the authors' checkpoints)."""
+        source = self.training.get("data_source")
+        if source is not None:
+            return source == "prepared"
+        # bundles written before data_source was recorded: only prepared footage records a crop margin
+        return True if self.training.get("crop_margin") is not None else (False if self.training else None)
+
+    @property
     def training_fps(self) -> float | None:
         """Frames per second of the training videos, None when not recorded."""
         fps = self.training.get("fps")

@@ -33,10 +33,13 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="measure lip sync, identity, seams and drift on held-out synthetic identities, or on real "
                          "footage with --videos",
-        description="Generate talking videos of held-out synthetic identities (never seen in training) with "
-                    "held-out speech (espeak-ng) or the given audio, and print lip sync against the renderer's "
-                    "ground truth (with its floor and ceiling), identity error, seam ratio and drift ratio next "
-                    "to their targets.",
+        description="Measure a checkpoint. With --videos (models trained on real footage, such as the shipped demo "
+                    "model): each held-out clip's first frame and its own speech make a video that is compared with "
+                    "the real one. Without it (models trained on the project's synthetic world, such as "
+                    "models/letstalk-cartoon64.safetensors; a real-face model is refused): talking videos of "
+                    "held-out synthetic identities with held-out speech (espeak-ng) or the given audio. Either way it "
+                    "prints lip sync (with its floor and ceiling), identity or structure error, seam ratio and, for "
+                    "the synthetic world, drift, next to their targets.",
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the shipped demo model, models/letstalk-demo.safetensors)")
     parser.add_argument("--videos", type=Path, default=None,

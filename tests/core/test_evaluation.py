@@ -426,3 +426,15 @@ def test_evaluate_videos_crops_with_the_margin_the_checkpoint_records(bundle, tm
     for extra in ([], ["--margin", "0.35"]):
         assert main(["evaluate", "--checkpoint", str(recorded), "--videos", str(videos), "--no-progress", *extra]) == 2
     assert margins[3:] == [0.2, 0.35]
+
+
+def test_evaluate_without_videos_refuses_a_model_trained_on_real_footage(capsys):
+    """`evaluate` alone used to score the real-face demo model on synthetic cartoon faces it never saw."""
+    from letstalk_core.checkpoints import load_checkpoint
+    from letstalk_core.shipped import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
+
+    assert load_checkpoint(DEMO_CHECKPOINT).trained_on_real_footage is True  # recorded by its crop margin
+    assert load_checkpoint(CARTOON_CHECKPOINT).trained_on_real_footage is False
+    assert main(["evaluate", "--no-progress", "--identities", "1", "--drift-seconds", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "trained on real footage" in error and "evaluate --videos FOLDER" in error
