@@ -73,24 +73,26 @@ class LetsTalkSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Same seed, same video."),
                 io.Combo.Input("sampler", options=[AUTO, *SAMPLERS], default=AUTO,
-                               tooltip="auto: what the checkpoint recommends (the demo model: dpmpp_2m). ddpm is "
-                                       "the paper's sampler (250 steps, slow); ddim, dpmpp_2m and euler give good "
-                                       "videos in fewer steps."),
+                               tooltip="auto: what the checkpoint recommends (stored in it; the node shows the "
+                                       "settings it samples with when it starts). ddpm is the paper's sampler (250 "
+                                       "steps, slow); ddim, dpmpp_2m and euler give good videos in fewer steps."),
                 io.Int.Input("steps", default=-1, min=-1, max=1000,
                              tooltip="Model evaluations per clip; more is slower and a little cleaner. -1: the "
                                      "checkpoint's recommendation (or the chosen sampler's usual count: ddpm 250, "
                                      "ddim 50, dpmpp_2m 25, euler 50)."),
                 io.Float.Input("audio_cfg", default=-1.0, min=-1.0, max=20.0, step=0.1,
-                               tooltip="How strongly the lips follow the speech. 1: plain; 2-4: clearer mouth "
-                                       "shapes, twice the time. -1: what the checkpoint recommends (the demo model: "
-                                       "3). Only for checkpoints trained with condition dropout."),
+                               tooltip="How strongly the lips follow the speech. 1: plain; above 1: clearer mouth "
+                                       "shapes, a little less of the face, twice the time. -1: what the checkpoint "
+                                       "recommends (shown on the node when it starts). Only for checkpoints trained "
+                                       "with condition dropout."),
                 io.Float.Input("portrait_cfg", default=-1.0, min=-1.0, max=20.0, step=0.1,
                                tooltip="How strongly the face holds to the portrait. 1: plain. -1: what the "
                                        "checkpoint recommends. Only for checkpoints trained with condition dropout."),
                 io.Int.Input("overlap_frames", default=-1, min=-1, max=64, optional=True,
                              tooltip="Frames each short clip repeats from the one before, so motion flows across "
                                      "the joins between clips. 0: none (fastest); more frames cost time (4 of 8: "
-                                     "twice the time). -1: what the checkpoint recommends (the demo model: 4)."),
+                                     "twice the time). -1: what the checkpoint recommends (shown on the node when "
+                                     "it starts)."),
             ],
             outputs=[LetsTalkVideo.Output(display_name="sampled_video",
                                           tooltip="The sampled video; decode it with a LetsTalk Decode Talking Video node.")],
@@ -120,7 +122,7 @@ class LetsTalkSampler(io.ComfyNode):
                      video.num_frames, video.latent_bytes / 2**20)
         else:
             ready_to_sample(letstalk_model, portrait.codec)
-            report = ClipReport(video.num_clips, portrait.codec)
+            report = ClipReport(video.num_clips, portrait.codec, video.options)
             video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=report.clip_done)
             log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", video.num_frames, video.num_clips,
                      ckpt.frames_per_clip, options.overlap_frames)
@@ -140,7 +142,7 @@ class NodeVideo:
         if self.video.sampled or not self.video.lazy:
             return self.video.iter_clips()
         ready_to_sample(self.model, self.video.conditions.portrait.codec)
-        report = ClipReport(self.video.num_clips, self.video.conditions.portrait.codec)
+        report = ClipReport(self.video.num_clips, self.video.conditions.portrait.codec, self.video.options)
 
         def clips():
             for clip in self.video.iter_clips(progress=report.progress, should_stop=stop_if_interrupted):
@@ -155,12 +157,15 @@ class ClipReport:
     text on the node (ComfyUI's progress text) and as a terminal line; and the clip's last frame as a preview
     (when previews are on)."""
 
-    def __init__(self, total_clips: int, codec):
+    def __init__(self, total_clips: int, codec, options=None):
         self.bar = comfy.utils.ProgressBar(1)
         self.total, self.codec, self.done, self.started = total_clips, codec, 0, time.monotonic()
         context = get_executing_context()
         self.node_id = None if context is None else context.node_id
-        self.show(f"sampling clip 1 of {self.total}...")
+        # the settings the -1/auto inputs resolved to (the checkpoint's recommendation), said where they apply
+        settings = "" if options is None else (f" ({options.sampler} {options.steps} steps, audio guidance "
+                                               f"{options.audio_cfg:g}, {options.overlap_frames} overlap frames)")
+        self.show(f"sampling clip 1 of {self.total}{settings}...")
 
     def show(self, text: str) -> None:
         """``text`` on the node that samples, beside its progress bar."""

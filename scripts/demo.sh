@@ -21,7 +21,7 @@ for f in "$WORKFLOW" "$MODEL" "$PORTRAIT" "$SPEECH"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "[demo] cannot run the demo yet: missing ${missing[*]}" >&2
-    echo "[demo] (they are part of the repository: restore them with git; a new demo model is trained by 'python -m letstalk_core train --preset demo')" >&2
+    echo "[demo] (they are part of the repository: restore them with git; how the demo model was trained, to train another: models/README.md)" >&2
     exit 1
 fi
 

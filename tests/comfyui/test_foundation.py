@@ -51,6 +51,12 @@ def test_every_declared_node_is_registered_with_inputs_and_outputs(comfy_client)
         for input_name, spec in info["input"]["required"].items():
             options = spec[1] if len(spec) > 1 else {}
             assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+            # a recommendation lives in the checkpoint: a tooltip that types one model's values goes stale
+            # when the bundled model changes (the sampler's once gave the cartoon model's guidance and overlap)
+            assert "demo model:" not in options["tooltip"], f"{name}.{input_name}: {options['tooltip']}"
+        for input_name, spec in info["input"].get("optional", {}).items():
+            tooltip = (spec[1] if len(spec) > 1 else {}).get("tooltip", "")
+            assert "demo model:" not in tooltip, f"{name}.{input_name}: {tooltip}"
 
 
 def test_template_browser_lists_the_ui_workflows_each_with_its_thumbnail(comfy, comfy_client):

@@ -66,7 +66,10 @@ def test_sampler_sends_one_preview_per_clip(tmp_path):
     assert previews == len(clips) and len(clips) > 1
     # and on the sampler node, as text beside its bar: the clip it is on, then each clip done with the time left
     on_sampler = [text for node, text in texts if node == "7"]
-    assert on_sampler[0] == f"sampling clip 1 of {len(clips)}..."
+    # the first text says the settings the auto/-1 inputs resolved to
+    assert on_sampler[0].startswith(f"sampling clip 1 of {len(clips)} (ddim 2 steps, audio guidance "), on_sampler[0]
+    assert on_sampler[0].endswith(f"audio guidance 1, {TINY_SAMPLER_INPUTS['overlap_frames']} overlap frames)..."), \
+        on_sampler[0]
     assert [text.split(",")[0] for text in on_sampler[1:-1]] == [f"clip {n} of {len(clips)} done" for n in
                                                                   range(1, len(clips))]
     assert on_sampler[-1].startswith(f"all {len(clips)} clips sampled in ")
