@@ -47,6 +47,9 @@ def add_parser(subparsers) -> None:
                              "by `prepare` (its held-out clips); each clip's first frame is the portrait, its own "
                              "speech the audio, and the made video is compared with the real one")
     parser.add_argument("--max-clips", type=int, default=None, help="with --videos: evaluate at most this many clips")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="with --videos: evaluate only the clips whose names match this pattern (shell wildcards, "
+                             "e.g. 'grid/s1-more/*'); may be given several times")
     parser.add_argument("--margin", type=float, default=None,
                         help="with a folder of videos: the face crop's margin, as `prepare --margin` (default: the "
                              "margin the checkpoint's training frames had, as generate frames a portrait, else "
@@ -119,7 +122,7 @@ def run(args) -> int:
         if args.videos is not None:
             result = evaluate_videos(
                 args.videos, checkpoint_or_demo(args.checkpoint), **sampling_overrides(args), max_clips=args.max_clips,
-                margin=args.margin,
+                only=args.only, margin=args.margin,
                 vae=args.vae, audio_encoder=args.audio_encoder, progress=None if bar is None else progress, log=log)
             report = format_real_report(result)
         else:

@@ -22,11 +22,12 @@ into a temporary folder with the model's size.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +110,7 @@ def evaluate_videos(
     portrait_cfg: Optional[float] = None,
     overlap_frames: Optional[int] = None,
     max_clips: Optional[int] = None,
+    only: Sequence[str] = (),
     margin: Optional[float] = None,
     vae=None,
     audio_encoder=None,
@@ -119,7 +121,8 @@ def evaluate_videos(
     """Evaluate a checkpoint (path or ``LetsTalkPipeline``) on real clips.
 
     A folder of videos is face-cropped with ``margin`` (None: the margin the checkpoint's training frames
-    had, as the pipeline frames a portrait, see ``pipeline.crop_margin``).
+    had, as the pipeline frames a portrait, see ``pipeline.crop_margin``). ``only``: clip-name patterns (shell
+    wildcards, e.g. ``grid/s1-more/*``); the clips that match none are left out (before ``max_clips``).
 
     Returns ``settings``, ``metrics``, ``checks`` (each target with pass/fail), ``clips`` (per clip) and
     ``left_out`` (clips not evaluated, with the reason). Raises ValueError when no clip can be evaluated.
@@ -131,6 +134,8 @@ def evaluate_videos(
                     overlap_frames=overlap_frames)  # before the model loads
     if max_clips is not None and (isinstance(max_clips, bool) or not isinstance(max_clips, int) or max_clips < 1):
         raise ValueError(f"max_clips must be a positive integer, got {max_clips!r}")
+    if isinstance(only, str) or not all(isinstance(pattern, str) and pattern for pattern in only):
+        raise ValueError(f"only must be a list of clip-name patterns (e.g. ['grid/s1-more/*']), got {only!r}")
     log = log or (lambda message: None)
     pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
         checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
@@ -143,6 +148,10 @@ def evaluate_videos(
     with tempfile.TemporaryDirectory(prefix="letstalk-evaluate-") as work:
         clips, left_out = load_real_clips(Path(videos), size, margin=margin, fps=round(options.fps),
                                           work_dir=Path(work) / "prepared", log=log)
+    if only:
+        left_out += [(clip.name, "matches no --only pattern") for clip in clips
+                     if not any(fnmatch.fnmatchcase(clip.name, pattern) for pattern in only)]
+        clips = [clip for clip in clips if any(fnmatch.fnmatchcase(clip.name, pattern) for pattern in only)]
     if max_clips is not None:
         clips = clips[:max_clips]
     if not clips:

@@ -14,7 +14,8 @@ Sections (all optional except where a preset leaves a value to fill in)::
                learning_rate, lr_decay_steps, audio_projection_learning_rate, zero_init_audio_attention, weight_decay,
                adam_betas, ema_decay, grad_clip, grad_clip_after, save_every, log_every, init_from}
     recipe:  {portrait_noise_log_mean, portrait_noise_log_std, memory_max_timestep, memory_mask_fraction,
-              memory_drop, mouth_loss_weight, audio_mouth_loss_weight, snr_gamma, snr_floor, max_loss_weight,
+              memory_drop, mouth_loss_weight, audio_mouth_loss_weight, audio_mouth_pretrain_steps, snr_gamma,
+              snr_floor, max_loss_weight,
               dropout: {audio, portrait, both}}
 
 Relative paths in the file are taken relative to the file's own folder.
@@ -149,6 +150,10 @@ class RecipeConfig:
     # (training/listening.py), weighted by this against the diffusion loss; needs a trained audio projection
     # (training.audio_projection_learning_rate not 0) and clips with a mouth box. 0: off.
     audio_mouth_loss_weight: float = 0.0
+    # With it: before the first diffusion step, this many steps train the audio projection (and the head) on that
+    # objective alone (a few seconds per hundred: no transformer pass), so the transformer meets tokens that
+    # already carry the mouth's motion. 0: the objective only trains alongside the diffusion loss.
+    audio_mouth_pretrain_steps: int = 0
     # Beyond the authors' recipe: Min-SNR-gamma weighting (Hang et al. 2023) of the epsilon error,
     # min(SNR, gamma) / SNR per sample, so that the nearly clean timesteps, whose epsilon error is large
     # and says little, stop dominating the loss. 0: the authors' unweighted loss.
@@ -337,6 +342,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError("recipe.audio_mouth_loss_weight trains the audio projection to carry the mouth's motion, but "
                          "training.audio_projection_learning_rate is 0 (the projection frozen); set a rate (or null: "
                          "the model's) or set recipe.audio_mouth_loss_weight to 0")
+    check_int("recipe.audio_mouth_pretrain_steps", r.audio_mouth_pretrain_steps, 0)
+    if r.audio_mouth_pretrain_steps and not r.audio_mouth_loss_weight:
+        raise ValueError("recipe.audio_mouth_pretrain_steps pretrains the audio projection on the objective of "
+                         "recipe.audio_mouth_loss_weight, which is 0; set that weight too, or the steps to 0")
     if r.audio_mouth_loss_weight and t.fsdp:
         raise ValueError("recipe.audio_mouth_loss_weight is not supported with training.fsdp (its head is not "
                          "sharded); train unsharded or set it to 0")

@@ -69,7 +69,7 @@ class PreparedSource:
     """The shards written by ``python -m letstalk_core prepare`` (pixels, or cached latents)."""
 
     def __init__(self, folder: str | Path, *, use_latents: bool = False, resolution: int | None = None,
-                 cache_videos: int = 64):
+                 cache_videos: int = 64, split: str = "train"):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.use_latents = bool(use_latents)
@@ -79,11 +79,15 @@ class PreparedSource:
         if resolution is not None and self.manifest["size"] != resolution:
             raise ValueError(f"{str(self.folder)!r} holds {self.manifest['size']} px frames but the config asks for "
                              f"data.resolution {resolution}; prepare with --size {resolution} or change the config")
-        # clips the split holds out are never trained on (manifests written before the split have none)
-        self.entries = [entry for entry in self.manifest["videos"] if entry.get("split", "train") == "train"]
+        # clips the split holds out are never trained on (manifests written before the split have none);
+        # split="heldout" serves those alone, for measuring
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        self.entries = [entry for entry in self.manifest["videos"] if entry.get("split", "train") == split]
         if not self.entries:
-            raise ValueError(f"{str(self.folder)!r} holds no prepared videos to train on (see its manifest's "
-                             "'skipped' list and its 'split')")
+            raise ValueError(f"{str(self.folder)!r} holds no prepared videos to "
+                             f"{'train on' if split == 'train' else 'measure (none is held out)'} (see its "
+                             "manifest's 'skipped' list and its 'split')")
         encoder = self.manifest["audio_encoder"]
         self.num_layers, self.feature_dim = int(encoder["num_layers"]), int(encoder["feature_dim"])
         self.feature_slice: slice | None = None  # a part of the cached features (see use_features_of)

@@ -457,6 +457,41 @@ class TransformerTrainer:
                                      "training.learning_rate or enable training.grad_clip")
         return value
 
+    def _clean_latents(self, batch: dict) -> torch.Tensor:
+        """The batch's clean clip latents ``[B, F, C, h, w]`` (cached, or encoded from its pixels)."""
+        if self.use_latents:
+            return batch["clip"].to(self.accelerator.device)
+        if "clip_latents" in batch:
+            return batch["clip_latents"].to(self.accelerator.device)
+        return self._encode(batch["clip"])
+
+    def pretrain_listening(self, steps: int) -> list[float]:
+        """``steps`` steps of the listening objective alone (recipe.audio_mouth_pretrain_steps): the audio
+        projection and its head learn to predict the mouth's motion from the speech, before the transformer
+        meets the tokens. Batches of 8 x training.batch_size clips, drawn from their own seeded stream; the
+        EMA then starts from the pretrained projection. Returns the objective per step (1: explains nothing)."""
+        device, batch_size = self.accelerator.device, 8 * self.local_batch
+        parameters = list(self.audio_proj.parameters()) + list(self.mouth_head.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=self.base_rates[1], betas=self.config.training.adam_betas)
+        everyone = torch.ones(batch_size, dtype=torch.bool)
+        values = []
+        self.audio_proj.train(), self.mouth_head.train()
+        for step in range(steps):
+            first = (step * self.accelerator.num_processes + self.accelerator.process_index) * batch_size
+            positions = range(first, first + batch_size)  # each process its own clips
+            batch = self._batch(positions, [sample_generator(self.config.seed + 104_729, p) for p in positions])
+            tokens = self.audio_proj(batch["audio_windows"].to(device))  # [B, F, M, D]
+            loss = audio_mouth_loss(self.mouth_head, tokens, self._clean_latents(batch), batch["mouth_box"], everyone)
+            optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            optimizer.step()
+            values.append(float(loss.detach()))
+            if self.accelerator.is_main_process and (step + 1) % max(1, steps // 10) == 0:
+                logger.info("listening pretraining step %d/%d: %.3f of the mouth's motion unexplained by the audio",
+                            step + 1, steps, sum(values[-10:]) / len(values[-10:]))
+        self.ema.shadow_params = [p.detach().clone() for p in self._parameters()]  # the EMA from here on
+        return values
+
     # ---- saving ----------------------------------------------------------------------------------
     def training_metadata(self) -> dict:
         cfg = self.config
@@ -624,6 +659,9 @@ class TransformerTrainer:
         max_steps = t.max_steps if max_steps is None else int(max_steps)
         if self.accelerator.is_main_process:
             save_config(self.config, self.output_dir / "config.yaml")
+        pretrain = self.config.recipe.audio_mouth_pretrain_steps
+        if self.step == 0 and pretrain and self.mouth_head is not None:
+            self.pretrain_listening(pretrain)
         bar = _progress_bar(self.accelerator, max_steps, self.step, f"train {self.config.name}", self.show_progress)
         running = None
         try:

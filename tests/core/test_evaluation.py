@@ -342,6 +342,14 @@ def test_evaluate_videos_on_talking_faces_with_ceiling_floor_and_seams(bundle, t
     for text in ("lip sync against the real video", "ceiling", "floor", ">= 0.6", ">= 0.25", "<= 1.5", "clip1.mp4"):
         assert text in report
     assert sorted(p.name for p in videos.iterdir()) == ["clip0.mp4", "clip1.mp4"]  # nothing written beside them
+    # --only picks clips by name; the others are left out with the reason
+    one = evaluate_videos(videos, bundle, sampler="ddim", steps=1, margin=0.3, only=["clip1.*"])
+    assert [c["clip"] for c in one["clips"]] == ["clip1.mp4"]
+    assert one["left_out"] == [{"name": "clip0.mp4", "reason": "matches no --only pattern"}]
+    with pytest.raises(ValueError, match=r"clip0.mp4: matches no --only pattern; clip1.mp4: matches no --only"):
+        evaluate_videos(videos, bundle, sampler="ddim", steps=1, margin=0.3, only=["nothing*"])
+    with pytest.raises(ValueError, match=r"only must be a list of clip-name patterns"):
+        evaluate_videos(videos, bundle, only="clip1.*")
 
 
 def test_evaluate_videos_measures_the_real_mouth_with_a_high_ceiling(tmp_path):

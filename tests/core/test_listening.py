@@ -123,3 +123,21 @@ def test_the_listening_objective_is_checked_and_needs_a_trained_projection(tmp_p
         config_from_dict(values)
     values["training"]["audio_projection_learning_rate"] = None
     assert config_from_dict(values).recipe.audio_mouth_loss_weight == 1.0
+
+
+@needs_espeak
+def test_listening_pretraining_teaches_the_projection_before_the_transformer_trains(tmp_path, tiny_vae):
+    values = tiny_config(tmp_path / "run", tiny_vae, audio_projection_learning_rate=3e-3, max_steps=1)
+    values["recipe"].update(audio_mouth_loss_weight=1.0, audio_mouth_pretrain_steps=30)
+    trainer = TransformerTrainer(config_from_dict(values), show_progress=False)
+    model_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    curve = trainer.pretrain_listening(30)
+    assert len(curve) == 30 and all(math.isfinite(v) for v in curve)
+    assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5  # the audio explains more of the mouth as it learns
+    assert all(torch.equal(v, model_before[k]) for k, v in trainer.model.state_dict().items())  # transformer untouched
+    for shadow, parameter in zip(trainer.ema.shadow_params, trainer._parameters()):
+        torch.testing.assert_close(shadow, parameter.detach())  # the EMA starts from the pretrained projection
+    # train() pretrains only at step 0; the objective needs its weight
+    values["recipe"]["audio_mouth_loss_weight"] = 0.0
+    with pytest.raises(ValueError, match=r"recipe.audio_mouth_pretrain_steps pretrains the audio projection"):
+        config_from_dict(values)

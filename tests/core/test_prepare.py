@@ -250,11 +250,16 @@ def test_split_holds_out_clips_per_folder_and_training_never_reads_them(tmp_path
     assert {e["name"] for e in manifest["videos"] if e["split"] == "heldout"} == set(heldout)
     source = PreparedSource(out)
     assert len(source) == 7 and not {e["name"] for e in source.entries} & set(heldout)
+    assert {e["name"] for e in PreparedSource(out, split="heldout").entries} == set(heldout)  # for measuring
+    with pytest.raises(ValueError, match="split must be 'train' or 'heldout'"):
+        PreparedSource(out, split="test")
     # the same clips give the same split on a rerun, and a rerun with another fraction moves it
     prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.25)
     assert read_manifest(out)["split"]["heldout"] == heldout
     prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.0)
     assert read_manifest(out)["split"]["heldout"] == [] and len(PreparedSource(out)) == 9
+    with pytest.raises(ValueError, match=r"holds no prepared videos to measure \(none is held out\)"):
+        PreparedSource(out, split="heldout")
     # named clips are held out on top of the fraction, and a rerun prepares nothing again to move the split
     report = prepare_dataset(folder, out, size=32, detector="none", on_no_face="center", holdout_fraction=0.25,
                              hold_out=["long_talk/*", "speaker_a/s7.mp4"])
