@@ -14,9 +14,9 @@ Stages (``stages`` in the config):
 
 Outputs in ``output_dir``: ``checkpoints/step_XXXXXXX.safetensors`` and ``letstalk.safetensors`` (the
 project format through ``save_checkpoint``, EMA weights, with the VAE and the audio encoder's config
-bundled when known) and ``training_state.pt`` / ``vae_state.pt``: everything needed to resume (raw and
-EMA weights, optimiser, step; with ``recipe.audio_mouth_loss_weight`` the head of :mod:`.listening`, which
-the bundle leaves out), tensors and plain values only, read back with ``weights_only=True``.
+bundled when known), ``probes.jsonl`` (each save's conditioning probe) and ``training_state.pt`` /
+``vae_state.pt``: everything needed to resume (raw and EMA weights, optimiser, step; with
+``recipe.audio_mouth_loss_weight`` the head of :mod:`.listening`, which the bundle leaves out), tensors and plain values only, read back with ``weights_only=True``.
 Every random draw of a training sample comes from a generator seeded by (seed, its position in the data
 order), and the data order from (seed, epoch), so a resumed run continues the loss curve of an
 uninterrupted one exactly.
@@ -33,6 +33,7 @@ the output folder's lock. Each process holds a whole copy of the model (DDP), or
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import shutil
@@ -72,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 TRANSFORMER_STATE = "training_state.pt"
+PROBE_LOG = "probes.jsonl"  # every save's conditioning probe (raw errors), one JSON object per line
 VAE_STATE = "vae_state.pt"
 FINAL_CHECKPOINT = "letstalk.safetensors"
 TRAINED_VAE = Path("vae") / "vae.safetensors"
@@ -644,6 +646,9 @@ class TransformerTrainer:
                 result = self.probe(timestep, modules)
                 if result is not None:
                     logger.info("step %d probe, %s", self.step, describe_probe(result, timestep))
+                    # and kept, one JSON line per probe, for comparing runs later
+                    with open(self.output_dir / PROBE_LOG, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps({"step": self.step, "timestep": timestep, **result}) + "\n")
             path = self.save_checkpoint(modules=modules)
             _atomic_torch_save(state if state is not None else self.state_dict(), self.output_dir / TRANSFORMER_STATE)
         del modules

@@ -633,6 +633,11 @@ def test_each_save_logs_the_probe(tmp_path, tiny_vae, caplog):
     result = trainer.probe()
     assert all(math.isfinite(v) and v > 0 for v in result.values())
     assert all("audio tokens vary over frames by" in line for line in lines)
+    # and each probe is kept as a JSON line, the raw errors that the log line gives as ratios
+    import json
+    kept = [json.loads(line) for line in (tmp_path / "run" / "probes.jsonl").read_text().splitlines()]
+    assert len(kept) == len(lines) and [k["timestep"] for k in kept[:len(PROBE_TIMESTEPS)]] == list(PROBE_TIMESTEPS)
+    assert kept[-1]["step"] == trainer.step and {"own", "portrait_swapped", "audio_swapped"} <= set(kept[-1])
     # the probe averages PROBE_CLIPS clips: here 8 batches of 2, drawn in order from one generator
     generator = torch.Generator().manual_seed(trainer.config.seed + 7919)
     parts = [trainer._probe_batch(trainer._batch(range(2 * i, 2 * i + 2), [generator] * 2), PROBE_TIMESTEPS[0],
