@@ -15,14 +15,16 @@ from letstalk_core.audio import AudioEncoder
 from letstalk_core.checkpoints import LetsTalkCheckpoint, load_checkpoint
 from letstalk_core.latents import LatentCodec
 from letstalk_core.pipeline import audio_encoder_for, bundled_vae
+from letstalk_core.precision import PRECISION_CHOICES, check_precision, resolve_precision
 from letstalk_core.shipped import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
 
 from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel
 
 log = logging.getLogger("letstalk")
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "auto" takes ComfyUI's choice for the device, with bf16 first where the device supports it (the range of
+# float32, which the attention's softmax and the memory frames need more than fp16's extra mantissa bits)
+AUTO_ORDER = (torch.bfloat16, torch.float16, torch.float32)
 
 
 class PatchableParts(torch.nn.Module):
@@ -74,8 +76,10 @@ class LoadLetsTalkModel(io.ComfyNode):
                                tooltip="A file in models/letstalk/ (or models/diffusion_models/); "
                                        f"{DEMO_CHECKPOINT.name} is the pack's bundled real-face demo "
                                        f"model (128 px), {CARTOON_CHECKPOINT.name} its cartoon model (64 px)."),
-                io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
-                               tooltip="Weights dtype. auto: what ComfyUI picks for the device (fp32 on a CPU)."),
+                io.Combo.Input("precision", options=list(PRECISION_CHOICES), default="auto",
+                               tooltip="Weights dtype. auto: what ComfyUI picks for the device, bf16 first where "
+                                       "the GPU has it (fp32 on a CPU). One the device cannot run falls back "
+                                       "(bf16 -> fp16 -> fp32), said in the log."),
             ],
             outputs=[LetsTalkModel.Output(display_name="letstalk_model",
                                          tooltip="Into LetsTalk Portrait Condition and LetsTalk Sampler.")],
@@ -87,8 +91,10 @@ class LoadLetsTalkModel(io.ComfyNode):
         if checkpoint not in choices:
             return (f"checkpoint '{checkpoint}' is not in models/letstalk/ or models/diffusion_models/; "
                     f"available: {', '.join(choices[:20]) or 'none (put a LetsTalk checkpoint there)'}")
-        if precision not in ("auto", *PRECISIONS):
-            return f"precision '{precision}' is not one of auto, fp32, bf16, fp16"
+        try:
+            check_precision(precision)
+        except ValueError as error:
+            return str(error)
         return True
 
     @classmethod
@@ -96,7 +102,10 @@ class LoadLetsTalkModel(io.ComfyNode):
         path = resolve_checkpoint(checkpoint)
         load_device = mm.get_torch_device()
         offload_device = mm.unet_offload_device()
-        dtype = PRECISIONS.get(precision) or mm.unet_dtype(load_device)
+        dtype, note = resolve_precision(precision, load_device,
+                                        auto=mm.unet_dtype(load_device, supported_dtypes=list(AUTO_ORDER)))
+        if note:
+            log.warning("LetsTalk: %s", note)
         ckpt = load_checkpoint(path, dtype=dtype, device=offload_device)
         parts = PatchableParts(ckpt.model, ckpt.audio_proj, offload_device)
         patcher = comfy.model_patcher.ModelPatcher(parts, load_device=load_device, offload_device=offload_device)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..encoder_names import AUDIO_ENCODER_HELP
+from ..precision import PRECISION_CHOICES, PRECISION_HELP
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +24,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
     parser.add_argument("--audio-encoder", default=None,
                         help=AUDIO_ENCODER_HELP + " (default: the checkpoint's)")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    parser.add_argument("--device", default="auto",
+                        help="where to run: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda, "
+                             "cuda:N")
     add_sampling_arguments(parser)
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                         help="crop the face (face detection when installed, else the centre square)")
@@ -66,6 +71,23 @@ def sampling_overrides(args) -> dict:
     return given
 
 
+def run_device(name: str) -> "torch.device":
+    """``--device``: auto (CUDA when there is a GPU, else the CPU) or a torch device name."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
 def run(args) -> int:
     import time
 
@@ -74,11 +96,16 @@ def run(args) -> int:
     from ..shipped import checkpoint_or_demo
     from . import LetsTalkPipeline
 
+    from ..precision import precision_name, resolve_precision
     from ..sampling.options import check_overrides
 
     check_overrides(**sampling_overrides(args))  # before the model loads
+    device = run_device(args.device)
+    dtype, note = resolve_precision(args.precision, device)
+    if note:
+        print(f"note: {note}", flush=True)
     pipe = LetsTalkPipeline.from_pretrained(checkpoint_or_demo(args.checkpoint), vae=args.vae,
-                                            audio_encoder=args.audio_encoder)
+                                            audio_encoder=args.audio_encoder, device=device, dtype=dtype)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
     steps_per_clip: list[int] = []
     started = time.monotonic()
@@ -92,7 +119,7 @@ def run(args) -> int:
         bar.update(done - bar.n)
 
     options = pipe.options(**sampling_overrides(args))
-    print(f"sampling: {options.describe()}", flush=True)
+    print(f"sampling: {options.describe()}; weights in {precision_name(dtype)} on {device}", flush=True)
     steps_per_clip.append(options.steps)
     try:
         out = pipe(args.image, args.audio, out=args.out, options=options, crop=args.crop, paste_back=args.paste_back,

@@ -19,6 +19,9 @@ from tests.helpers import (TEMPLATES, TINY_FRAMES_PER_CLIP, TINY_SAMPLER_INPUTS,
 
 REPO = Path(__file__).resolve().parents[2]
 BASIC = json.loads((REPO / "workflows" / "api" / "letstalk_basic_api.json").read_text())
+# how far the frames of a half-precision model may be from fp32's, mean over pixels on 0..255
+# (measured on the tiny random bundle with guidance: bf16 0.10, max 3; fp16 0.014, max 1)
+MEAN_PIXEL_DIFFERENCE = {"bf16": 1.0, "fp16": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,32 @@ def test_same_seed_gives_identical_frames(tiny):
     assert len(a) == len(b) == 25
     differing = [k for k in range(len(a)) if (a[k] != b[k]).any()]
     assert not differing, f"frames {differing} differ between two samplings with seed 5"
+
+
+def test_the_graph_in_bf16_and_fp16_gives_the_fp32_frames_within_rounding(tiny):
+    """The loader's precision widget: the transformer in bf16 or fp16 meets the fp32 codec, audio encoder,
+    guidance and memory frames without a dtype mismatch, and the frames stay near fp32's (PNG, 0..255)."""
+
+    guided = tiny.models_dir / "letstalk" / "guided.safetensors"
+    if not guided.is_file():
+        make_tiny_bundle(guided, condition_dropout={"audio": 0.1, "portrait": 0.1, "both": 0.1})
+
+    def frames(precision: str) -> np.ndarray:
+        workflow = basic_workflow(**{"3__checkpoint": "guided.safetensors", "3__precision": precision, "7__seed": 3,
+                                     "7__audio_cfg": 2.0, "7__portrait_cfg": 1.5})
+        del workflow["9"], workflow["10"]
+        workflow["11"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0],
+                                                               "filename_prefix": f"precision/{precision}"}}
+        return np.stack(saved_pngs(tiny, tiny.client.run(workflow, timeout=600))).astype(np.float32)
+
+    exact = frames("fp32")
+    for precision in ("bf16", "fp16"):
+        made = frames(precision)
+        assert made.shape == exact.shape
+        difference = np.abs(made - exact)
+        assert difference.mean() < MEAN_PIXEL_DIFFERENCE[precision], (precision, float(difference.mean()))
+        assert difference.max() > 0, f"{precision} gave fp32's frames exactly: the widget changed nothing"
+    assert "LetsTalk model guided.safetensors" in tiny.log() and "torch.bfloat16" in tiny.log()
 
 
 def test_paste_back_gives_frames_at_the_portrait_size(tiny):
