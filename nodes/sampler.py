@@ -22,7 +22,7 @@ from letstalk_core.pipeline import (DEFAULT_KEEP_LATENTS_MB, Conditions, Sampled
 from letstalk_core.sampling import SAMPLERS
 from letstalk_core.sampling.options import check_overrides
 
-from .managed import ready_to_sample
+from .managed import load_to_device, ready_to_sample
 from .socket_types import LetsTalkAudio, LetsTalkModel, LetsTalkPortrait, LetsTalkVideo
 
 log = logging.getLogger("letstalk")
@@ -114,6 +114,9 @@ class LetsTalkSampler(io.ComfyNode):
         options = sampling_options(ckpt, seed=seed, fps=letstalk_audio.fps,
                                    **node_overrides(sampler, steps, audio_cfg, portrait_cfg, overlap_frames))
         keep = keep_latent_bytes(os.environ.get(KEEP_LATENTS_SETTING, DEFAULT_KEEP_LATENTS_MB), KEEP_LATENTS_SETTING)
+        # the speech's features are computed here, with the checkpoint's clip length: its encoder (wav2vec2 or
+        # whisper weights) onto ComfyUI's device first, which other nodes may have offloaded it from
+        load_to_device(letstalk_audio.encoder)
         video = SampledVideo(ckpt, Conditions(portrait, letstalk_audio), options, keep_bytes=keep)  # checks encoder, codec
         log.info("LetsTalk sampling: %s", video.options.describe())
         if video.lazy:
@@ -123,7 +126,12 @@ class LetsTalkSampler(io.ComfyNode):
         else:
             ready_to_sample(letstalk_model, portrait.codec)
             report = ClipReport(video.num_clips, portrait.codec, video.options)
-            video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=report.clip_done)
+
+            def clip_done(clip) -> None:
+                report.clip_done(clip)  # its preview decode may load a VAE, and ComfyUI free memory for it:
+                ready_to_sample(letstalk_model, portrait.codec)  # the transformer back before the next clip
+
+            video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=clip_done)
             log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", video.num_frames, video.num_clips,
                      ckpt.frames_per_clip, options.overlap_frames)
         return io.NodeOutput(NodeVideo(video, letstalk_model))
@@ -145,7 +153,14 @@ class NodeVideo:
         report = ClipReport(self.video.num_clips, self.video.conditions.portrait.codec, self.video.options)
 
         def clips():
-            for clip in self.video.iter_clips(progress=report.progress, should_stop=stop_if_interrupted):
+            source = self.video.iter_clips(progress=report.progress, should_stop=stop_if_interrupted)
+            while True:
+                # the decoder between two clips may have loaded its VAE and ComfyUI evicted the transformer
+                # for it (certain with --disable-smart-memory): loaded again before each clip is sampled
+                ready_to_sample(self.model, self.video.conditions.portrait.codec)
+                clip = next(source, None)
+                if clip is None:
+                    return
                 report.clip_done(clip)
                 yield clip
 

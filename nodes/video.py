@@ -18,7 +18,7 @@ log = logging.getLogger("letstalk")
 
 from .comfy_vae import ComfyVAECodec
 from .managed import load_to_device
-from .sampler import NodeVideo
+from .sampler import NodeVideo, stop_if_interrupted
 from .socket_types import LetsTalkVideo
 
 
@@ -33,7 +33,8 @@ def decoded_frames(sampled_video: NodeVideo, paste_back: bool, vae):
         codec = ComfyVAECodec(vae, getattr(own, "scaling_factor", 1.0), getattr(own, "shift_factor", 0.0))
         check_codec(sampled_video.video.checkpoint, codec, what="vae: the VAE")  # before a lazy video is sampled
     load_to_device(own if codec is None else codec)
-    return video_frames(sampled_video.video, paste_back=paste_back, codec=codec, clips=sampled_video.iter_clips())
+    return video_frames(sampled_video.video, paste_back=paste_back, codec=codec, clips=sampled_video.iter_clips(),
+                        should_stop=stop_if_interrupted)  # Cancel stops decoding too, within a chunk
 
 
 def decoder_inputs() -> list:

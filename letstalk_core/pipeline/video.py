@@ -14,7 +14,7 @@ from ..audio import AudioFeatures
 from ..audio.loading import MonoAudio
 from ..checkpoints import LetsTalkCheckpoint
 from ..latents import LatentCodec, images_to_comfy, paste_back
-from ..sampling import ClipLatents, iter_video_clips
+from ..sampling import ClipLatents, SamplingCancelled, iter_video_clips
 from ..sampling.options import SamplingOptions
 from ..video import Mp4Writer
 from .conditions import Conditions
@@ -142,17 +142,21 @@ def iter_frames(
     paste_into: Any = None,
     crop_box=None,
     chunk_size: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Decode latents chunk by chunk -> frames ``[n, H, W, 3]`` float 0..1 (ComfyUI IMAGE convention).
 
     ``latents``: ``[F, C, h, w]`` / ``[1, F, C, h, w]``, or an iterator of such (one clip each).
     ``paste_into``: the original image; with ``crop_box`` the frames are pasted back at its size.
+    ``should_stop()`` is asked after each decoded chunk (it may raise, as ComfyUI's interrupt does); True stops with :class:`~letstalk_core.sampling.SamplingCancelled`.
     """
     if torch.is_tensor(latents):
         latents = [latents]
     for clip in latents:
         clip = clip.latents if isinstance(clip, ClipLatents) else clip
         for frames in codec.iter_decode(clip, chunk_size=chunk_size):  # [n, 3, H, W] in -1..1
+            if should_stop is not None and should_stop():
+                raise SamplingCancelled("decoding was stopped")
             frames = images_to_comfy(frames).cpu()  # [n, H, W, 3] 0..1, on the CPU whatever decoded it
             if paste_into is not None:
                 frames = paste_back(frames, paste_into, crop_box)
@@ -172,7 +176,8 @@ def video_frames(video: SampledVideo, *, paste_back: bool | None = None, codec=N
         paste_back = portrait.is_larger
     if clips is None:
         clips = video.iter_clips(progress=progress, should_stop=should_stop)
-    return iter_frames(codec, clips, paste_into=portrait.image if paste_back else None, crop_box=portrait.crop.crop_box)
+    return iter_frames(codec, clips, paste_into=portrait.image if paste_back else None, crop_box=portrait.crop.crop_box,
+                       should_stop=should_stop)
 
 
 def speech_for_frames(speech: MonoAudio, num_frames: int, fps) -> tuple[torch.Tensor, int]:

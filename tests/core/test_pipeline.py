@@ -170,6 +170,27 @@ def test_cancel_leaves_no_file(pipe, assets, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cancel_stops_decoding_too(pipe, assets):
+    """A sampled video's decoding asks should_stop after every decoded chunk (ComfyUI's Cancel while a long
+    video decodes), and stops with SamplingCancelled."""
+    from letstalk_core.pipeline import SampledVideo, video_frames
+
+    conditions = pipe.prepare(assets["portrait"], assets["speech"])
+    video = SampledVideo(pipe.checkpoint, conditions, pipe.options(**FAST)).sample()
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > 2
+
+    frames = video_frames(video, should_stop=should_stop)
+    first = [next(frames), next(frames)]  # two chunks pass
+    assert all(chunk.shape[-1] == 3 for chunk in first)
+    with pytest.raises(SamplingCancelled, match="decoding was stopped"):
+        next(frames)
+    assert len(list(video_frames(video, should_stop=lambda: False))) > 3  # not asked to stop: every chunk
+
+
 def test_guidance_needs_a_checkpoint_trained_with_dropout(assets):
     plain = load_parts(assets["bundle"])[0]
     guided, codec, encoder = load_parts(assets["guided"])
