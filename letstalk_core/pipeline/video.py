@@ -38,7 +38,9 @@ def iter_clip_latents(
     model = ckpt.model
     device = next(model.parameters()).device
     radius = (int(ckpt.audio_proj.config.window_size) - 1) // 2
-    windows = audio.windows(radius)[None].to(device)  # [1, F_padded, 2r+1, L, D]
+    # kept where they are (the CPU): each clip's slice goes to the device as it is sampled (wav2vec2's windows
+    # of an hour of speech are ~16 GB)
+    windows = audio.windows(radius)[None]  # [1, F_padded, 2r+1, L, D]
     generator = torch.Generator(device="cpu").manual_seed(options.seed % (1 << 63))
     return iter_video_clips(
         model, portrait_latent.to(device), audio_windows=windows, audio_projection=ckpt.audio_proj,
