@@ -233,8 +233,9 @@ class ComfyServer:
     def __init__(self, base_dir: str | Path | None = None, *, port: int | None = None,
                  python: str | None = None, comfyui: Path | None = None,
                  output_dir: str | Path | None = None, extra_args: tuple[str, ...] = (),
-                 startup_timeout: float = 180.0, env: dict | None = None):
+                 startup_timeout: float = 180.0, env: dict | None = None, cpu: bool = True):
         self.comfyui = comfyui or comfyui_dir()
+        self.cpu = cpu  # False: ComfyUI picks its device (a GPU where there is one), as users run it
         self._tmp = None
         if base_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="letstalk-comfy-")
@@ -298,7 +299,7 @@ class ComfyServer:
                               f"log: {self.log_path}")
 
     def _launch(self, port: int) -> bool:
-        args = [self.python, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
+        args = [self.python, str(self.comfyui / "main.py"), *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1",
                 "--port", str(port), "--base-directory", str(self.base_dir),
                 "--disable-api-nodes", "--disable-auto-launch",
                 # its default database lives in the ComfyUI folder's user/; keep it in this base directory
