@@ -7,6 +7,8 @@ VAE and ComfyUI's own audio encoder are managed by ComfyUI already; the log-mel 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.model_management as mm
@@ -16,6 +18,8 @@ from letstalk_core.audio import AudioEncoder
 from letstalk_core.latents import LatentCodec
 
 from .model import LoadedLetsTalk
+
+log = logging.getLogger("letstalk")
 
 
 class LetsTalkVAE(torch.nn.Module):
@@ -57,21 +61,44 @@ def patcher_for(part) -> comfy.model_patcher.ModelPatcher | None:
     return part.device_manager
 
 
-def load_to_device(*parts) -> None:
+def load_to_device(*parts, memory_required: int = 0) -> None:
     """Ask ComfyUI to load these parts (a LoadedLetsTalk, a codec, an audio encoder) together, so that
-    loading one does not offload another the same node needs."""
+    loading one does not offload another the same node needs, with ``memory_required`` bytes free beside them
+    for the work (ComfyUI offloads other models for it). Always whole: the pack's modules are plain torch
+    layers without ComfyUI's weight casting, so a model left half on the CPU could not run; a part that does
+    not fit fails loudly instead (CUDA out of memory)."""
     patchers = [patcher for patcher in map(patcher_for, parts) if patcher is not None]
     if patchers:
-        mm.load_models_gpu(patchers)
+        mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
 
 
-def ready_to_sample(model, codec) -> None:
+def sampling_memory(checkpoint, options) -> int:
+    """A generous estimate of the activation memory of one sampling step, in bytes: every model pass of the
+    step (1, and one more per guidance scale other than 1) over the clip and memory frames, each token's
+    hidden state about 16 times over (attention inputs and outputs, the MLP's 4x, the modulations)."""
+    config = checkpoint.model.config
+    passes = 1 + (options.audio_cfg != 1.0) + (options.portrait_cfg != 1.0)
+    tokens = (int(config.sample_size) // int(config.patch_size)) ** 2
+    frames = int(checkpoint.frames_per_clip) + int(checkpoint.memory_frames) + 1  # + the portrait
+    width = int(config.hidden_size)
+    element = next(checkpoint.model.parameters()).element_size()
+    return passes * frames * 2 * tokens * width * element * 16
+
+
+def ready_to_sample(model, codec, options=None) -> None:
     """Load the transformer with the codec (which decodes one frame per clip for the preview) and, before
     the first sampling on a CPU, make the process's one heap adaptation for CPU inference
     (:func:`letstalk_core.heap.keep_working_buffers_on_heap`). It is made here, at the first sampling,
     not when ComfyUI starts: made at start, POST /free no longer gave back the memory of a model loaded
     later (tests/comfyui/test_memory.py: 961 MiB before the load, 1690 after /free; made here, it passes)."""
-    load_to_device(model, codec)
+    load_to_device(model, codec,
+                   memory_required=0 if options is None else sampling_memory(model.checkpoint, options))
+    placed = next(model.checkpoint.model.parameters()).device
+    if placed.type != model.patcher.load_device.type and not model._told_where:
+        # e.g. ComfyUI started with --novram: it keeps the weights on the CPU, and the pack runs there
+        log.warning("LetsTalk: ComfyUI keeps the model on %s rather than %s (--novram or --cpu?), so it samples "
+                    "there, far slower than on the GPU", placed, model.patcher.load_device)
+        model._told_where = True
     if model.patcher.load_device.type == "cpu":
         from letstalk_core.heap import keep_working_buffers_on_heap
 

@@ -53,6 +53,7 @@ class LoadedLetsTalk:
     patcher: comfy.model_patcher.ModelPatcher
     own_vae: LatentCodec | None  # the VAE a bundle carries, if any
     _audio_encoder: AudioEncoder | None = field(default=None, init=False, repr=False)  # made when first asked for
+    _told_where: bool = field(default=False, init=False, repr=False)  # the log said where ComfyUI left the weights
 
     def audio_encoder(self) -> AudioEncoder:
         """The audio encoder the checkpoint names (its mel bands, or the encoder bundled in it), made once."""

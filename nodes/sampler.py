@@ -124,12 +124,12 @@ class LetsTalkSampler(io.ComfyNode):
                      "video is decoded (the decoder shows the progress; the streaming decoder keeps memory flat)",
                      video.num_frames, video.latent_bytes / 2**20)
         else:
-            ready_to_sample(letstalk_model, portrait.codec)
+            ready_to_sample(letstalk_model, portrait.codec, video.options)
             report = ClipReport(video.num_clips, portrait.codec, video.options)
 
             def clip_done(clip) -> None:
                 report.clip_done(clip)  # its preview decode may load a VAE, and ComfyUI free memory for it:
-                ready_to_sample(letstalk_model, portrait.codec)  # the transformer back before the next clip
+                ready_to_sample(letstalk_model, portrait.codec, video.options)  # the transformer back first
 
             video.sample(progress=report.progress, should_stop=stop_if_interrupted, on_clip=clip_done)
             log.info("LetsTalk: sampled %d frames (%d clips of %d, %d overlapping)", video.num_frames, video.num_clips,
@@ -149,7 +149,6 @@ class NodeVideo:
         """The clips; a lazy video is sampled here, clip by clip, with progress on the calling node."""
         if self.video.sampled or not self.video.lazy:
             return self.video.iter_clips()
-        ready_to_sample(self.model, self.video.conditions.portrait.codec)
         report = ClipReport(self.video.num_clips, self.video.conditions.portrait.codec, self.video.options)
 
         def clips():
@@ -157,7 +156,7 @@ class NodeVideo:
             while True:
                 # the decoder between two clips may have loaded its VAE and ComfyUI evicted the transformer
                 # for it (certain with --disable-smart-memory): loaded again before each clip is sampled
-                ready_to_sample(self.model, self.video.conditions.portrait.codec)
+                ready_to_sample(self.model, self.video.conditions.portrait.codec, self.video.options)
                 clip = next(source, None)
                 if clip is None:
                     return

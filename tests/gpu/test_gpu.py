@@ -149,3 +149,16 @@ def test_the_gpu_check_says_plainly_when_there_is_no_gpu(tmp_path):
                             timeout=120)
     assert result.returncode == 2 and "torch sees no CUDA GPU here: nothing to check" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+@needs_gpu
+def test_with_novram_the_log_says_the_model_runs_on_the_cpu(tmp_path):
+    """--novram keeps every weight off the GPU; the pack then samples on the CPU, and says so once."""
+    from tests.helpers import make_tiny_bundle
+
+    with gpu_server(tmp_path, "--novram") as server:
+        make_tiny_bundle(server.models_dir / "letstalk" / "tiny.safetensors")
+        prompt = basic_workflow("tiny.safetensors", "fp32", "gpu/novram")
+        prompt["7"]["inputs"].update(sampler="ddim", steps=2, audio_cfg=1.0, overlap_frames=0)
+        server.client.run(prompt, timeout=300)
+        assert server.log().count("ComfyUI keeps the model on cpu rather than cuda") == 1
