@@ -12,6 +12,7 @@ from letstalk_core.audio import NAMED_ENCODERS, AudioEncoder, load_audio_encoder
 from letstalk_core.pipeline import SpeechConditioning
 
 from .paths import audio_encoder_choices, resolve_audio_encoder
+from .dtypes import in_comfy_dtype
 from .managed import load_to_device
 from .model import LoadedLetsTalk
 from .socket_types import LetsTalkAudio, LetsTalkAudioEncoder, LetsTalkModel
@@ -52,7 +53,7 @@ class LoadLetsTalkAudioEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, encoder_name: str) -> io.NodeOutput:
-        encoder = load_audio_encoder(resolve_audio_encoder(encoder_name))
+        encoder = in_comfy_dtype(load_audio_encoder(resolve_audio_encoder(encoder_name)))
         log.info("LetsTalk audio encoder %s: %d layers x %d features", encoder_name, encoder.num_layers,
                  encoder.feature_dim)
         return io.NodeOutput(encoder)
@@ -75,7 +76,8 @@ def as_letstalk_encoder(encoder) -> AudioEncoder:
     converted = _CONVERTED.get(encoder)
     if converted is None:
         state_dict = {key: value.float() for key, value in encoder.get_sd().items()}
-        converted = wav2vec2_encoder_from_state_dict(state_dict, source="ComfyUI audio encoder (wav2vec2)")
+        converted = in_comfy_dtype(wav2vec2_encoder_from_state_dict(state_dict,
+                                                                     source="ComfyUI audio encoder (wav2vec2)"))
         _CONVERTED[encoder] = converted
     return converted
 

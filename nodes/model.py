@@ -18,6 +18,7 @@ from letstalk_core.pipeline import audio_encoder_for, bundled_vae
 from letstalk_core.precision import PRECISION_CHOICES, check_precision, resolve_precision
 from letstalk_core.shipped import CARTOON_CHECKPOINT, DEMO_CHECKPOINT
 
+from .dtypes import in_comfy_dtype
 from .paths import checkpoint_choices, default_checkpoint, resolve_checkpoint
 from .socket_types import LetsTalkModel
 
@@ -58,7 +59,7 @@ class LoadedLetsTalk:
     def audio_encoder(self) -> AudioEncoder:
         """The audio encoder the checkpoint names (its mel bands, or the encoder bundled in it), made once."""
         if self._audio_encoder is None:
-            self._audio_encoder = audio_encoder_for(self.checkpoint)
+            self._audio_encoder = in_comfy_dtype(audio_encoder_for(self.checkpoint))
         return self._audio_encoder
 
 
@@ -111,7 +112,10 @@ class LoadLetsTalkModel(io.ComfyNode):
         parts = PatchableParts(ckpt.model, ckpt.audio_proj, offload_device)
         patcher = comfy.model_patcher.ModelPatcher(parts, load_device=load_device, offload_device=offload_device)
         own_vae = bundled_vae(ckpt, device=mm.vae_offload_device())
-        log.info("LetsTalk model %s: %s, %d frames per clip, %d memory frames, %s", checkpoint,
-                 ckpt.model.config.variant, ckpt.frames_per_clip, ckpt.memory_frames, dtype)
+        if own_vae is not None:
+            in_comfy_dtype(own_vae)
+        log.info("LetsTalk model %s: %s, %d frames per clip, %d memory frames, %s%s", checkpoint,
+                 ckpt.model.config.variant, ckpt.frames_per_clip, ckpt.memory_frames, dtype,
+                 "" if own_vae is None else f", its VAE in {own_vae.dtype}")
         return io.NodeOutput(LoadedLetsTalk(checkpoint, ckpt, patcher, own_vae))
 

@@ -137,6 +137,20 @@ def test_the_graph_in_bf16_and_fp16_gives_the_fp32_frames_within_rounding(tiny):
     assert "LetsTalk model guided.safetensors" in tiny.log() and "torch.bfloat16" in tiny.log()
 
 
+def test_the_bundled_vae_takes_comfyuis_vae_dtype(tmp_path):
+    """--bf16-vae (ComfyUI's own flag; on a GPU with bf16 its default) puts the bundle's VAE in bf16: the
+    portrait is encoded, previews and frames decoded through it, beside an fp32 transformer."""
+    from scripts.comfy_harness import ComfyServer
+
+    with ComfyServer(tmp_path / "base", extra_args=("--bf16-vae",)) as server:
+        make_tiny_bundle(server.models_dir / "letstalk" / "tiny.safetensors")
+        write_portrait(server.input_dir / "face.png")
+        write_speechlike(server.input_dir / "talk.wav", 0.5)
+        [video] = saved_videos(server, server.client.run(basic_workflow(**{"10__filename_prefix": "bf16vae/x"})))
+        assert probe(video).frame_count == 13
+        assert "its VAE in torch.bfloat16" in server.log()
+
+
 def test_paste_back_gives_frames_at_the_portrait_size(tiny):
     write_portrait(tiny.input_dir / "wide.png", extra_width=40)
     workflow = basic_workflow(**{"1__image": "wide.png", "8__paste_back": True, "10__filename_prefix": "paste/x"})
