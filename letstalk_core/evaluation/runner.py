@@ -195,6 +195,7 @@ def _set_up(checkpoint, *, identities, seconds, audio, sampler, steps, seed, aud
     videos, and the drift video."""
     from ..pipeline import LetsTalkPipeline
 
+    samples = heldout_samples(identities, seconds, audio)  # a missing speech file is refused before the model loads
     pipe = checkpoint if isinstance(checkpoint, LetsTalkPipeline) else LetsTalkPipeline.from_pretrained(
         checkpoint, vae=vae, audio_encoder=audio_encoder, device=device)
     if getattr(pipe.checkpoint, "trained_on_real_footage", None):
@@ -204,7 +205,6 @@ def _set_up(checkpoint, *, identities, seconds, audio, sampler, steps, seed, aud
                          "talking-face videos or one written by `prepare` (its held-out clips; models/README.md names "
                          "the demo model's). The synthetic evaluation is for models trained on the synthetic world, "
                          "such as models/letstalk-cartoon64.safetensors")
-    samples = heldout_samples(identities, seconds, audio)
     options = pipe.options(sampler=sampler, steps=steps, seed=seed, audio_cfg=audio_cfg, portrait_cfg=portrait_cfg,
                            overlap_frames=overlap_frames, fps=FPS)
     run = _Evaluation(pipe, samples, options, StepCounter(progress, 0), log)
