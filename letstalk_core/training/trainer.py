@@ -16,7 +16,8 @@ Outputs in ``output_dir``: ``checkpoints/step_XXXXXXX.safetensors`` and ``letsta
 project format through ``save_checkpoint``, EMA weights, with the VAE and the audio encoder's config
 bundled when known), ``probes.jsonl`` (each save's conditioning probe) and ``training_state.pt`` /
 ``vae_state.pt``: everything needed to resume (raw and EMA weights, optimiser, step; with
-``recipe.audio_mouth_loss_weight`` the head of :mod:`.listening`, which the bundle leaves out), tensors and plain values only, read back with ``weights_only=True``.
+``recipe.audio_mouth_loss_weight`` the head of :mod:`.listening`, which the bundle leaves out), tensors and
+plain values only, read back with ``weights_only=True``.
 Every random draw of a training sample comes from a generator seeded by (seed, its position in the data
 order), and the data order from (seed, epoch), so a resumed run continues the loss curve of an
 uninterrupted one exactly.
