@@ -104,6 +104,11 @@ class EncodeAudio(io.ComfyNode):
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
                                tooltip="Video frame rate; the video has ceil(seconds x fps) frames. "
                                        "25 is what the official models were trained with."),
+                io.String.Input("transcript", default="", multiline=True, optional=True,
+                                tooltip="The words spoken (optional; English). For models that hear phones "
+                                        "('phones' or 'phones+mel' encoders): the phones are then aligned to these "
+                                        "words, so every P, B and M closes the lips where it is said. Other "
+                                        "encoders ignore it."),
             ],
             outputs=[
                 LetsTalkAudio.Output(display_name="letstalk_audio",
@@ -115,10 +120,20 @@ class EncodeAudio(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, audio: dict, audio_encoder, fps: float) -> io.NodeOutput:
+    def execute(cls, audio: dict, audio_encoder, fps: float, transcript: str = "") -> io.NodeOutput:
         encoder = as_letstalk_encoder(audio_encoder)
+        notes = []
+        if transcript and transcript.strip():
+            if hasattr(encoder, "with_transcript"):
+                encoder = encoder.with_transcript(transcript)  # words outside the dictionary refused by name
+            else:
+                notes.append(f"LetsTalk: the transcript is ignored: this speech encoder ({encoder.kind}) does not "
+                             "read words; only 'phones' and 'phones+mel' models use it")
+                log.warning(notes[-1])
         load_to_device(encoder)
         speech = SpeechConditioning(audio, encoder, fps)
         if speech.warning is not None:  # logged by the core; shown on this node too
-            PromptServer.instance.send_progress_text(f"LetsTalk: {speech.warning}", cls.hidden.unique_id)
+            notes.append(f"LetsTalk: {speech.warning}")
+        if notes:
+            PromptServer.instance.send_progress_text("\n".join(notes), cls.hidden.unique_id)
         return io.NodeOutput(speech, speech.num_frames)

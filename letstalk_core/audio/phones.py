@@ -22,6 +22,12 @@ Every row sums to 1. Feature layout ``[F, 1, P]`` with ``P = len(PHONES)`` (41: 
 phones, ``SPN``); ``"phones+mel"`` appends the 80 log-mel features of :class:`MelAudioEncoder` in the same
 layer (``[F, 1, 121]``), so the two front ends can be compared in training.
 
+With a transcript (``generate --text``, the Encode Speech node's ``transcript``; :meth:`PhoneAudioEncoder.
+with_transcript`), the phones come from forced alignment instead: the words, looked up in the CMU dictionary
+that ships with the model, are aligned to the speech in two passes (words, then phones), so every phone said is
+there and only where it is said; a transcript that cannot be aligned falls back to the phone loop, with a
+warning. Words must be English words of the dictionary (digits 0-9 are spelled out); others are refused by name.
+
 Decoding settings: the language-model weight is 2 (pocketsphinx's default is 6.5), so that the sounds,
 not the phone statistics, decide (at 6.5 stops inside words are often swallowed into neighbouring vowels);
 and a seeded noise floor at -60 dBFS is added before decoding, because the acoustic model was trained on
@@ -60,6 +66,20 @@ FRAME_SECONDS = 0.01  # the decoder's frame step (100 frames per second)
 LANGUAGE_WEIGHT = 2.0
 NOISE_FLOOR_DBFS = -60.0
 PHONE_LM = "en-us-phone.lm.bin"
+DICTIONARY = "cmudict-en-us.dict"
+_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def transcript_words(text) -> list[str]:
+    """``text`` as the aligner's words: lower case, punctuation dropped (apostrophes kept), digits spelled."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"transcript must be the words spoken, as text, got {text!r}")
+    cleaned = "".join(ch if ch.isalpha() or ch == "'" else (f" {_DIGITS[int(ch)]} " if ch.isdigit() else " ")
+                      for ch in text.lower())
+    words = [word.strip("'") for word in cleaned.split() if word.strip("'")]
+    if not words:
+        raise ValueError(f"transcript {text!r} holds no words")
+    return words
 
 
 def _pocketsphinx():
@@ -95,14 +115,67 @@ class PhoneDecoder:
         return pocketsphinx.Decoder(hmm=acoustic, allphone=phone_lm, lm=None, dict=None, lw=self.language_weight,
                                     samprate=16_000, loglevel="ERROR")
 
-    def segments(self, samples: torch.Tensor) -> list[tuple[str, int, int]]:
-        """``samples [T]`` (float, 16 kHz, -1..1) -> ``[(phone, first_frame, last_frame), ...]`` in 10 ms
-        frames (inclusive), phones named as in :data:`PHONES`."""
+    @cached_property
+    def _aligner(self):
+        pocketsphinx = _pocketsphinx()
+        model = os.path.join(pocketsphinx.get_model_path(), "en-us")
+        return pocketsphinx.Decoder(hmm=os.path.join(model, "en-us"), dict=os.path.join(model, DICTIONARY), lm=None,
+                                    samprate=16_000, loglevel="ERROR")
+
+    @cached_property
+    def dictionary(self) -> frozenset[str]:
+        """The words the aligner knows (the CMU dictionary bundled with the model)."""
+        path = os.path.join(_pocketsphinx().get_model_path(), "en-us", DICTIONARY)
+        with open(path, encoding="utf-8") as handle:
+            return frozenset(line.split(" ", 1)[0].split("(", 1)[0] for line in handle if line.strip())
+
+    def _pcm(self, samples: torch.Tensor) -> bytes:
         audio = samples.detach().to(torch.float32).cpu().numpy().astype(np.float64)
         if self.noise_floor_dbfs is not None:
             rng = np.random.default_rng(self.seed)
             audio = audio + rng.standard_normal(audio.shape[0]) * 10.0 ** (self.noise_floor_dbfs / 20.0)
-        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+        return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+    def check_transcript(self, text) -> list[str]:
+        """The transcript's words, or a ValueError naming those the dictionary does not hold."""
+        words = transcript_words(text)
+        unknown = sorted({word for word in words if word not in self.dictionary})
+        if unknown:
+            raise ValueError(f"transcript: {', '.join(repr(w) for w in unknown[:10])} "
+                             f"{'is' if len(unknown) == 1 else 'are'} not in the CMU US-English dictionary the "
+                             "aligner uses; write such words as they sound in English words, or leave the "
+                             "transcript out (the phones are then decoded from the sound alone)")
+        return words
+
+    def aligned_segments(self, samples: torch.Tensor, text: str) -> list[tuple[str, int, int]]:
+        """Like :meth:`segments`, from forced alignment of ``text`` to the speech (words, then phones).
+        Raises RuntimeError when pocketsphinx cannot align them."""
+        words = self.check_transcript(text)
+        pcm, aligner = self._pcm(samples), self._aligner
+        aligner.reinit_feat()
+        aligner.set_align_text(" ".join(words))
+        aligner.start_utt()
+        aligner.process_raw(pcm, full_utt=True)
+        aligner.end_utt()
+        aligner.set_alignment()
+        aligner.start_utt()
+        aligner.process_raw(pcm, full_utt=True)
+        aligner.end_utt()
+        alignment = aligner.get_alignment()
+        phones = [] if alignment is None else list(alignment.phones())
+        if not phones:
+            raise RuntimeError("pocketsphinx found no alignment of the transcript to the speech")
+        found = []
+        for phone in phones:
+            name = _FILLERS.get(phone.name, phone.name)
+            found.append((name if name in PHONE_INDEX else SILENCE, int(phone.start),
+                          int(phone.start) + int(phone.duration) - 1))
+        return found
+
+    def segments(self, samples: torch.Tensor) -> list[tuple[str, int, int]]:
+        """``samples [T]`` (float, 16 kHz, -1..1) -> ``[(phone, first_frame, last_frame), ...]`` in 10 ms
+        frames (inclusive), phones named as in :data:`PHONES`."""
+        pcm = self._pcm(samples)
         decoder = self._decoder
         # a fresh front end per call: the cepstral mean (and noise estimate) would otherwise carry over from
         # the previous utterance, and the same speech would decode differently the second time
@@ -181,6 +254,22 @@ class PhoneAudioEncoder(AudioEncoder):
         steps = int(round(boundary_ms / 1000.0 / FRAME_SECONDS))
         self.boundary_steps = steps + (1 - steps % 2) if steps > 1 else 1  # odd, so the window is centred
         self.decoder = PhoneDecoder(language_weight=language_weight)
+        self.transcript: str | None = None  # the words spoken, when known (with_transcript)
+
+    def with_transcript(self, text: str | None) -> "PhoneAudioEncoder":
+        """This encoder for speech whose words are ``text`` (None or blank: decoded from the sound alone): the
+        phones come from forced alignment (see the module docstring). A copy sharing the decoders; words the
+        dictionary lacks are refused here, before any speech is encoded."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.device_manager = None
+        if text is None or not str(text).strip():
+            copy.transcript = None
+        else:
+            self.decoder.check_transcript(text)
+            copy.transcript = str(text)
+            copy.source = f"{self.source}, aligned to a transcript"
+        return copy
 
     @property
     def n_mels(self) -> int:
@@ -198,7 +287,16 @@ class PhoneAudioEncoder(AudioEncoder):
         """The smoothed phone distribution per 10 ms step, ``[T, P]``; ``pad_samples`` of silence after."""
         hop = round(self.sample_rate * FRAME_SECONDS)
         num_steps = -(-(samples.shape[0] + pad_samples) // hop)
-        onehot = phone_frames(self.decoder.segments(samples), num_steps)  # appended silence stays SIL
+        segments = None
+        if self.transcript is not None:
+            try:
+                segments = self.decoder.aligned_segments(samples, self.transcript)
+            except RuntimeError as error:
+                log.warning("the transcript could not be aligned to the speech (%s); the phones are decoded from "
+                            "the sound alone", error)
+        if segments is None:
+            segments = self.decoder.segments(samples)
+        onehot = phone_frames(segments, num_steps)  # appended silence stays SIL
         return smooth_boundaries(onehot, self.boundary_steps)
 
     def _encode(self, samples: torch.Tensor, pad_samples: int, fps, num_frames: int) -> torch.Tensor:

@@ -24,6 +24,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--vae", default=None, help="VAE file or folder (default: the one in the checkpoint)")
     parser.add_argument("--audio-encoder", default=None,
                         help=AUDIO_ENCODER_HELP + " (default: the checkpoint's)")
+    parser.add_argument("--text", default=None,
+                        help="the words spoken, for a model whose speech encoder is 'phones' or 'phones+mel': the "
+                             "phones then come from aligning these words to the speech (every P, B and M where it is "
+                             "said) instead of from the sound alone; English words of the CMU dictionary, digits "
+                             "spelled out for you")
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     parser.add_argument("--device", default="auto",
                         help="where to run: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda, "
@@ -106,6 +111,12 @@ def run(args) -> int:
         print(f"note: {note}", flush=True)
     pipe = LetsTalkPipeline.from_pretrained(checkpoint_or_demo(args.checkpoint), vae=args.vae,
                                             audio_encoder=args.audio_encoder, device=device, dtype=dtype)
+    if args.text is not None:
+        if not hasattr(pipe.audio_encoder, "with_transcript"):
+            raise ValueError(f"--text: this model's speech encoder is {pipe.audio_encoder.kind!r}, which does not "
+                             "read words; a transcript helps models trained with 'phones' or 'phones+mel' only "
+                             "(leave --text out)")
+        pipe.audio_encoder = pipe.audio_encoder.with_transcript(args.text)
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
     steps_per_clip: list[int] = []
     started = time.monotonic()

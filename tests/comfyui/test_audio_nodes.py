@@ -106,3 +106,21 @@ def test_wav2vec2_from_comfyui_loader_and_from_the_packs_loader(comfy):
     workflow["3"]["inputs"]["audio_encoder"] = ["11", 0]
     workflow["8"]["inputs"]["seed"] = 1
     assert comfy.client.run(workflow, timeout=600)["10"]["text"] == ["25.0"]
+
+
+def test_a_transcript_reaches_a_phones_encoder_and_a_mel_one_says_it_ignores_it(comfy):
+    """The Encode Speech node's optional transcript: checked against the aligner's dictionary for a phones
+    encoder (a word it lacks stops the node, named), noted as ignored for log-mel."""
+    write_speechlike(comfy.input_dir / "said.wav", 0.8, 16000)
+    workflow = frame_count_workflow("said.wav", 25.0, encoder="phones")
+    workflow["3"]["inputs"]["transcript"] = "bin blue at f two now"
+    assert comfy.client.run(workflow, timeout=300)["4"]["text"] == ["20"]
+    workflow["3"]["inputs"]["transcript"] = "bin blue qzxv"
+    with pytest.raises(ComfyExecutionError) as info:
+        comfy.client.run(workflow, timeout=300)
+    assert info.value.node_type == "LetsTalkEncodeAudio"
+    assert "'qzxv' is not in the CMU US-English dictionary" in info.value.exception_message
+    mel = frame_count_workflow("said.wav", 25.0)
+    mel["3"]["inputs"]["transcript"] = "bin blue"
+    assert comfy.client.run(mel, timeout=300)["4"]["text"] == ["20"]
+    assert "the transcript is ignored: this speech encoder (mel) does not read words" in comfy.log()

@@ -132,6 +132,43 @@ def test_p_is_decoded_where_espeak_says_it(pop_bob_mom, phones):
         assert min((abs(start - said) for start in lips), default=math.inf) <= 0.040
 
 
+def test_a_transcript_puts_every_lip_phone_where_it_is_said(pop_bob_mom, phones):
+    """Forced alignment of the words (generate --text, the node's transcript): the P's the phone loop cannot hear
+    in espeak's voice are there too, each within 40 ms of where espeak says it, and nothing else closes the lips."""
+    audio, starts = pop_bob_mom
+    aligned = phones.with_transcript("Pop, Bob, mom.")
+    assert aligned.transcript == "Pop, Bob, mom." and phones.transcript is None  # a copy; the original unchanged
+    segments = aligned.decoder.aligned_segments(audio.samples, aligned.transcript)
+    lips = [(p, first * 0.01, (last + 1) * 0.01) for p, first, last in segments if p in LIP_PHONES]
+    assert [p for p, _, _ in lips] == ["P", "P", "B", "B", "M", "M"], segments
+    said = {"P": starts["p"], "B": starts["b"], "M": starts["m"]}
+    # each closure is a span (a stop's closure comes before its burst, which is where espeak times it): every
+    # spoken p/b/m falls inside (within 40 ms) an aligned span of its phone, and every span holds one
+    for phone, times in said.items():
+        for t in times:
+            assert any(p == phone and start - 0.04 <= t <= end + 0.04 for p, start, end in lips), (phone, t, lips)
+    for phone, start, end in lips:
+        assert any(start - 0.04 <= t <= end + 0.04 for t in said[phone]), (phone, start, end, said[phone])
+    features = aligned.encode(audio, fps=25)  # [F, 1, P]: the P columns carry weight where P is said
+    p_column = features[:, 0, PHONES.index("P")]
+    assert float(p_column.max()) > 0.3
+    assert float(phones.encode(audio, fps=25)[:, 0, PHONES.index("P")].max()) < float(p_column.max())
+
+
+def test_a_transcript_is_checked_against_the_dictionary(phones):
+    from letstalk_core.audio.phones import transcript_words
+
+    assert transcript_words("Bin blue at F 2, now!") == ["bin", "blue", "at", "f", "two", "now"]
+    with pytest.raises(ValueError, match=r"transcript: 'zxqvw' is not in the CMU US-English dictionary"):
+        phones.with_transcript("hello zxqvw")
+    for bad in ("", "   ", "?!", None, 3):
+        if bad in ("", "   ", None):
+            assert phones.with_transcript(bad).transcript is None  # no words: decoded from the sound
+        else:
+            with pytest.raises(ValueError, match="transcript"):
+                phones.with_transcript(bad)
+
+
 @pytest.mark.parametrize("voice,text", [("de", "Mama, Oma, Ampel"), ("fr", "maman, pomme, mamie"),
                                         ("es", "mamá, mamá, mamá")])
 def test_speech_that_is_not_english_gets_the_nearest_english_phones(phones, voice, text):

@@ -86,5 +86,7 @@ def test_generate_takes_precision_and_device(tmp_path):
     if not torch.cuda.is_available():
         no_gpu = generate("--device", "cuda")
         assert no_gpu.returncode == 2 and "has no CUDA GPU that torch can use; use --device cpu" in no_gpu.stderr
+    mel = generate("--text", "bin blue at f two now")  # the demo model hears log-mel bands
+    assert mel.returncode == 2 and "--text: this model's speech encoder is 'mel', which does not read words" in mel.stderr
     bad = generate("--device", "tpu9")
     assert bad.returncode == 2 and "--device must be auto, cpu, cuda or cuda:N, got 'tpu9'" in bad.stderr
