@@ -104,11 +104,11 @@ class EncodeAudio(io.ComfyNode):
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=0.001,
                                tooltip="Video frame rate; the video has ceil(seconds x fps) frames. "
                                        "25 is what the official models were trained with."),
-                io.String.Input("transcript", default="", multiline=True, optional=True,
-                                tooltip="The words spoken (optional; English). For models that hear phones "
-                                        "('phones' or 'phones+mel' encoders): the phones are then aligned to these "
-                                        "words, so every P, B and M closes the lips where it is said. Other "
-                                        "encoders ignore it."),
+                io.String.Input("transcript", optional=True, force_input=True,
+                                tooltip="The words spoken (optional; English), from a text node such as String "
+                                        "(Multiline). For models that hear phones ('phones' or 'phones+mel' "
+                                        "encoders): the phones are then aligned to these words, so every P, B and "
+                                        "M closes the lips where it is said. Other encoders ignore it."),
             ],
             outputs=[
                 LetsTalkAudio.Output(display_name="letstalk_audio",

@@ -109,18 +109,23 @@ def test_wav2vec2_from_comfyui_loader_and_from_the_packs_loader(comfy):
 
 
 def test_a_transcript_reaches_a_phones_encoder_and_a_mel_one_says_it_ignores_it(comfy):
-    """The Encode Speech node's optional transcript: checked against the aligner's dictionary for a phones
-    encoder (a word it lacks stops the node, named), noted as ignored for log-mel."""
+    """The Encode Speech node's optional transcript socket, fed by ComfyUI's String (Multiline): checked against
+    the aligner's dictionary for a phones encoder (a word it lacks stops the node, named), noted as ignored for
+    log-mel. A socket, not a widget: the shipped workflows and their API twins stay as they are."""
     write_speechlike(comfy.input_dir / "said.wav", 0.8, 16000)
-    workflow = frame_count_workflow("said.wav", 25.0, encoder="phones")
-    workflow["3"]["inputs"]["transcript"] = "bin blue at f two now"
-    assert comfy.client.run(workflow, timeout=300)["4"]["text"] == ["20"]
-    workflow["3"]["inputs"]["transcript"] = "bin blue qzxv"
+
+    def with_words(words: str, encoder: str) -> dict:
+        workflow = frame_count_workflow("said.wav", 25.0, encoder=encoder)
+        workflow["5"] = {"class_type": "PrimitiveStringMultiline", "inputs": {"value": words}}
+        workflow["3"]["inputs"]["transcript"] = ["5", 0]
+        return workflow
+
+    assert comfy.client.run(with_words("bin blue at f two now", "phones"), timeout=300)["4"]["text"] == ["20"]
     with pytest.raises(ComfyExecutionError) as info:
-        comfy.client.run(workflow, timeout=300)
+        comfy.client.run(with_words("bin blue qzxv", "phones"), timeout=300)
     assert info.value.node_type == "LetsTalkEncodeAudio"
     assert "'qzxv' is not in the CMU US-English dictionary" in info.value.exception_message
-    mel = frame_count_workflow("said.wav", 25.0)
-    mel["3"]["inputs"]["transcript"] = "bin blue"
-    assert comfy.client.run(mel, timeout=300)["4"]["text"] == ["20"]
+    assert comfy.client.run(with_words("bin blue", "mel"), timeout=300)["4"]["text"] == ["20"]
     assert "the transcript is ignored: this speech encoder (mel) does not read words" in comfy.log()
+    spec = comfy.client.object_info("LetsTalkEncodeAudio")["LetsTalkEncodeAudio"]["input"]["optional"]["transcript"]
+    assert spec[0] == "STRING" and spec[1].get("forceInput") is True
