@@ -107,7 +107,10 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_vae):
     # one writer: one set of files, and no lock left behind
     written = sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
     assert written == ["checkpoints/step_0000003.safetensors", "config.yaml", "letstalk.safetensors",
-                       "training_state.pt"], written
+                       "probes.jsonl", "training_state.pt"], written
+    # the probes once per save, as one process writes them (not once per process)
+    probes = [(tmp_path / run / "probes.jsonl").read_text().splitlines() for run in ("one", "two")]
+    assert len(probes[1]) == len(probes[0]) > 0
 
 
 def test_two_sharded_processes_train_what_one_process_trains_and_resume_exactly(tmp_path, tiny_vae):
@@ -145,7 +148,7 @@ def test_two_sharded_processes_train_what_one_process_trains_and_resume_exactly(
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
     written = sorted(str(p.relative_to(tmp_path / "fsdp")) for p in (tmp_path / "fsdp").rglob("*") if p.is_file())
     assert written == ["checkpoints/step_0000002.safetensors", "checkpoints/step_0000004.safetensors", "config.yaml",
-                       "letstalk.safetensors", "training_state.pt"], written
+                       "letstalk.safetensors", "probes.jsonl", "training_state.pt"], written
     # the state holds whole tensors, the same layout as an unsharded run's: it resumes on one process too
     state = torch.load(tmp_path / "fsdp" / "training_state.pt", weights_only=True)
     alone = torch.load(tmp_path / "one" / "training_state.pt", weights_only=True)
